@@ -57,7 +57,9 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
-        "sybilwall (gossip protocol, simulate only: gossips histories to find Sybils)",
+        "sybilwall (gossip protocol, simulate only: gossips histories to find Sybils), "
+        "bristle (gossip protocol, simulate only: frozen pretrained features, merges "
+        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain)",
     )
     add(
         "--aggregator-param",
@@ -204,6 +206,7 @@ def _config_from(args: argparse.Namespace) -> Any:
 def _default_out(config: Any) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     label = config.protocol + (f"-{config.aggregator}" if config.protocol == "gossip" else "")
+    label = config.name or label
     return Path("runs") / f"{stamp}-{label}-{config.dataset}-s{config.seed}"
 
 
@@ -327,8 +330,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         )
     if config.churn or config.attack:
         raise ConfigError("launch does not play churn or attacks yet; use simulate")
-    if config.aggregator == "sybilwall":
-        raise ConfigError("aggregator 'sybilwall' runs in simulate only")
+    if config.aggregator in ("sybilwall", "bristle"):
+        raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
     out = args.out or _default_out(config)
     console.print(f"launching {config.peers} peer processes · {run_title(config.model_dump())}")
 
@@ -385,6 +388,28 @@ def cmd_peer(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
     )
     return asyncio.run(run_peer(options))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from gossiplearn.learning.datasets import load_dataset
+    from gossiplearn.learning.models import MODELS
+    from gossiplearn.learning.pretrain import PretrainSettings, pretrain, save_extractor
+
+    if args.model not in MODELS:
+        raise ConfigError(f"--model {args.model!r} is unknown: choose one of {', '.join(MODELS)}")
+    settings = PretrainSettings(fraction=args.holdout, epochs=args.epochs)
+    data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+    extractor = pretrain(data, args.model, seed=args.seed, settings=settings)
+    save_extractor(extractor, args.out)
+    console.print(
+        f"pretrained {args.model} on {extractor.describe()}: test accuracy "
+        f"{extractor.test_accuracy:.4f}\n"
+        f"held out: those {len(extractor.holdout)} training rows; a run with "
+        f"--aggregator bristle --aggregator-param extractor={args.out} gives its peers "
+        "the training split without them"
+    )
+    console.print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -445,6 +470,26 @@ def build_parser() -> argparse.ArgumentParser:
     _peer_options(peer)
     _modest_options(peer)
     peer.set_defaults(handler=cmd_peer)
+
+    pre = commands.add_parser(
+        "pretrain",
+        help="pretrain a frozen feature extractor (for --aggregator bristle) on held-out data",
+    )
+    add = pre.add_argument
+    add("--dataset", default="digits", help="digits (default), fashion-mnist, mnist")
+    add("--data-dir", help="folder holding the dataset's standard files (IDX for *mnist)")
+    add("--model", default="mlp", help="logreg, mlp (default), cnn, cnn-bn, lenet5")
+    add("--out", type=Path, required=True, help="file to write, e.g. extractors/fmnist.pt")
+    add("--seed", type=int, default=0, help="decides the held-out rows and the training")
+    add(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="fraction of each class of the training split to pretrain on; a bristle run "
+        "leaves these rows out of every peer's data (default 0.1)",
+    )
+    add("--epochs", type=int, default=5, help="passes over the held-out rows (default 5)")
+    pre.set_defaults(handler=cmd_pretrain)
 
     keygen = commands.add_parser("keygen", help="create a persistent peer identity")
     keygen.add_argument("file", type=Path, metavar="FILE")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,12 +28,24 @@ from gossiplearn.learning.datasets import DATASETS
 from gossiplearn.learning.models import MODELS
 from gossiplearn.learning.partition import parse_partition
 from gossiplearn.protocols.modest import ModestConfig
-from gossiplearn.topologies import parse_topology
+from gossiplearn.timeline import Step, TimelineEvent, resolve
+from gossiplearn.topologies import build_topology, parse_topology
 
 PROTOCOLS = ("gossip", "dpsgd", "fedavg", "modest")
 #: Aggregators that are a protocol core of their own rather than a merge rule (they gossip
 #: extra messages), with the aggregator_params each takes. Simulator and gossip only.
-CORE_AGGREGATORS: dict[str, tuple[str, ...]] = {"sybilwall": ("lam", "max_records")}
+CORE_AGGREGATORS: dict[str, tuple[str, ...]] = {
+    "sybilwall": ("lam", "max_records"),
+    "bristle": (
+        "alpha",
+        "candidates",
+        "overlap",
+        "max_models",
+        "validation_per_class",
+        "center",
+        "extractor",
+    ),
+}
 
 
 class NetworkConfig(BaseModel):
@@ -41,6 +55,8 @@ class NetworkConfig(BaseModel):
 
     latency_min: float = Field(0.01, ge=0)
     latency_max: float = Field(0.1, ge=0)
+    #: Probability that a message is lost on the way (its sender still pays for it).
+    loss: float = Field(0.0, ge=0, lt=1)
     bandwidth_min: float = Field(2.5e6, gt=0)
     bandwidth_max: float = Field(2.5e7, gt=0)
     speed_spread: float = Field(0.2, ge=0, lt=1)
@@ -139,32 +155,11 @@ class LearningConfig(BaseModel):
         return max(1, round(self.local_epochs * steps_per_epoch))
 
 
-class ChurnEvent(BaseModel):
-    """Churn: ``kind`` AMOUNT peers when the network first reaches round ``at_round``
-    (the first report of that round by any peer; see gossiplearn.scenarios.churn)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["crash", "join", "leave"]
-    at_round: int = Field(ge=1)
-    #: Below 1: a fraction (of the live peers; for join, of the initial peers); else a count.
-    amount: float = Field(gt=0)
-
-    @field_validator("amount")
-    @classmethod
-    def _whole_count(cls, value: float) -> float:
-        if value >= 1 and value != int(value):
-            raise ValueError(f"{value} is neither a fraction below 1 nor a whole count")
-        return value
-
-    def count(self, population: int) -> int:
-        """How many peers this event concerns, out of ``population``."""
-        return round(self.amount * population) if self.amount < 1 else int(self.amount)
-
-
 class RunConfig(LearningConfig):
     """Everything that decides a simulated run. Same config and seed, same result."""
 
+    #: A label for the scenario (names its default output folder).
+    name: str | None = Field(None, pattern=r"^[\w.-]+$", max_length=64)
     peers: int = Field(16, ge=2)
     rounds: int = Field(50, ge=1)
     topology: str = "regular:4"
@@ -177,12 +172,19 @@ class RunConfig(LearningConfig):
     shared_init: bool = False
     #: FedAvg: fraction of the peers sampled each round.
     sample_fraction: float = Field(1.0, gt=0, le=1)
-    #: Peers that crash, join or leave during the run.
-    churn: list[ChurnEvent] = Field(default_factory=list)
+    #: Events during the run: churn, partitions, attack windows (gossiplearn.timeline).
+    #: ``churn`` is accepted as the key's older name.
+    timeline: list[TimelineEvent] = Field(
+        default_factory=list, validation_alias=AliasChoices("timeline", "churn")
+    )
+    #: Stop after this many seconds (virtual in simulate) even before ``rounds``.
+    duration: float | None = Field(None, gt=0)
     #: An attack spec (gossiplearn.attacks) run by ``attackers`` peers: a count, or a
     #: fraction below 1; each attacker controls ``sybils`` identities in all.
     attack: str | None = None
     attackers: float = Field(0, ge=0)
+    #: The attacking peers by id, instead of a random choice of ``attackers`` of them.
+    attacker_ids: list[int] | None = None
     sybils: int = Field(1, ge=1)
     #: Backdoor: the share of an attacker's samples that get the trigger.
     backdoor_fraction: float = Field(0.5, gt=0, le=1)
@@ -193,6 +195,44 @@ class RunConfig(LearningConfig):
     #: (equal models within float rounding; see gossiplearn.learning.batched).
     engine: Literal["sequential", "batched"] = "sequential"
     network: NetworkConfig = NetworkConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attack_from_timeline(cls, values: Any) -> Any:
+        """An ``attack-start`` event that says the attack sets the run's attack settings
+        (and is kept as a plain start), so that a resolved config validates again."""
+        if not isinstance(values, dict):
+            return values
+        key = "timeline" if "timeline" in values else "churn"
+        events = values.get(key)
+        if not isinstance(events, list):
+            return values
+        starts = [
+            e for e in events
+            if isinstance(e, dict) and e.get("kind") == "attack-start"
+            and any(e.get(k) is not None for k in ("attack", "amount", "peers", "sybils"))
+        ]  # fmt: skip
+        if not starts:
+            return values
+        if len(starts) > 1 or values.get("attack") is not None:
+            raise ValueError(
+                "the attack is said twice: give attack/attackers/sybils once, either at the "
+                "top level or in one attack-start event"
+            )
+        start = starts[0]
+        lifted = {
+            "attack": start.get("attack"),
+            "attackers": start.get("amount", len(start.get("peers") or [])),
+            "attacker_ids": start.get("peers"),
+            "sybils": start.get("sybils", 1),
+        }
+        plain = {k: v for k, v in start.items() if k not in ("attack", "amount", "peers", "sybils")}
+        events = [plain if e is start else e for e in events]
+        return (
+            {k: v for k, v in values.items() if k not in ("timeline", "churn")}
+            | lifted
+            | {"timeline": events}
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -211,8 +251,6 @@ class RunConfig(LearningConfig):
             raise ValueError(
                 f"aggregators ({self.aggregators}) cannot exceed sample_size ({self.sample_size})"
             )
-        if self.joining_peers() and self.protocol in ("dpsgd", "fedavg"):
-            raise ValueError(f"churn: peers cannot join a {self.protocol} run (gossip, modest)")
         if self.aggregator in CORE_AGGREGATORS:
             if self.protocol != "gossip":
                 raise ValueError(
@@ -225,7 +263,26 @@ class RunConfig(LearningConfig):
                     "one model from each: drop push and buffer_size"
                 )
         self._check_attack()
+        self._check_timeline()
+        try:
+            build_topology(self.topology, self.peers, topology_seed(self.seed))
+        except ConfigError as error:
+            raise ValueError(f"topology: {error}") from None
         return self
+
+    def _check_timeline(self) -> None:
+        kinds = {e.kind for e in self.timeline}
+        if kinds & {"join", "recover"} and self.protocol in ("dpsgd", "fedavg"):
+            raise ValueError(
+                f"timeline: peers cannot join or recover in a {self.protocol} run (gossip, modest)"
+            )
+        if kinds & {"attack-start", "attack-stop"} and self.attack is None:
+            raise ValueError("timeline: attack-start/attack-stop need an attack: set attack")
+        self.resolved_timeline()
+
+    def resolved_timeline(self) -> list[Step]:
+        """The timeline with the peers each event concerns decided from the seed."""
+        return resolve(list(self.timeline), self.peers, timeline_rng(self.seed))
 
     def _check_attack(self) -> None:
         if self.attack is None:
@@ -240,15 +297,20 @@ class RunConfig(LearningConfig):
             raise ValueError(
                 f"attackers must give between 1 and {self.peers - 1} peers, got {count}"
             )
+        outside = sorted(set(self.attacker_ids or []) - set(range(self.peers)))
+        if outside:
+            raise ValueError(f"attacker_ids {outside} are not initial peers (0..{self.peers - 1})")
 
     def attacker_count(self) -> int:
         """How many of the peers attack."""
+        if self.attacker_ids:
+            return len(self.attacker_ids)
         a = self.attackers
         return round(a * self.peers) if a < 1 else int(a)
 
     def joining_peers(self) -> int:
         """Peers that join during the run, in total."""
-        return sum(e.count(self.peers) for e in self.churn if e.kind == "join")
+        return sum(e.count(self.peers) for e in self.timeline if e.kind == "join")
 
     @field_validator("topology")
     @classmethod
@@ -273,17 +335,49 @@ class RunConfig(LearningConfig):
         return _one_of("model", value, MODELS)
 
 
+def topology_seed(seed: int) -> int:
+    """The seed the run's topology is built with (stream 0 of the run's seed)."""
+    return int(np.random.SeedSequence(seed).spawn(1)[0].generate_state(1)[0])
+
+
+def timeline_rng(seed: int) -> np.random.Generator:
+    """The generator that resolves a timeline (the run's churn stream, see
+    gossiplearn.scenarios.run): the same in every driver."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(8)[7])
+
+
 def _check_core_params(name: str, params: dict[str, int | float | str]) -> None:
     allowed = CORE_AGGREGATORS[name]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"aggregator_params {unknown} do not fit {name!r}; it takes {allowed}")
+    if name == "bristle":
+        _check_bristle_params(params)
+        return
     lam = params.get("lam", 1.0)
     if isinstance(lam, str) or not 0 < lam < float("inf"):
         raise ValueError(f"{name}: lam must be a number > 0, got {lam!r}")
     records = params.get("max_records", 0)
     if isinstance(records, str) or records != int(records) or records < 0:
         raise ValueError(f"{name}: max_records must be a whole number >= 0, got {records!r}")
+
+
+def _check_bristle_params(params: dict[str, int | float | str]) -> None:
+    alpha = params.get("alpha", 0.4)
+    if isinstance(alpha, str) or not 0 <= alpha <= 1:
+        raise ValueError(f"bristle: alpha must be a number in [0, 1], got {alpha!r}")
+    lowest = {"candidates": 1, "overlap": 0, "max_models": 1, "validation_per_class": 1}
+    for key, low in lowest.items():
+        value = params.get(key, low)
+        if isinstance(value, str) or value != int(value) or value < low:
+            raise ValueError(f"bristle: {key} must be a whole number >= {low}, got {value!r}")
+    if params.get("center", 1) not in (0, 1):
+        raise ValueError(f"bristle: center must be 0 or 1, got {params['center']!r}")
+    if not isinstance(params.get("extractor", ""), str):
+        raise ValueError(
+            f"bristle: extractor must be the path of a file from gossiplearn pretrain, "
+            f"got {params['extractor']!r}"
+        )
 
 
 def _one_of(what: str, value: str, known: dict[str, Any]) -> str:
@@ -302,11 +396,14 @@ def validated(cls: type[Settings], source: str, values: dict[str, Any]) -> Setti
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            field = "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]
+            ).lstrip(".")
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
                 message = "unknown setting (check the spelling)"
-            problems.append(f"  {field}: {message}")
+            # errors of the whole config name their key themselves
+            problems.append(f"  {field}: {message}" if field else f"  {message}")
         raise ConfigError(f"invalid {source}:\n" + "\n".join(problems)) from None
 
 

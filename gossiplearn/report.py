@@ -1,6 +1,6 @@
 """``gossiplearn report OUT``: a self-contained HTML page about a finished run.
 
-Accuracy over rounds with the run's churn events marked, bytes sent, the attack success
+Accuracy over rounds with the run's timeline events marked, bytes sent, the attack success
 rate (targeted attacks), and the spread of the peers' final accuracy. Plots are embedded
 as PNG data, so the page is one file that can be mailed or archived.
 """
@@ -36,12 +36,19 @@ def _figure_png(draw: Any) -> str:
 
 
 def _mark_events(ax: Any, events: list[dict[str, Any]]) -> None:
+    """A dashed line per timeline event, at the round the network was at when it fired."""
     for event in events:
-        ax.axvline(event["at_round"], color="crimson", ls="--", lw=1)
-        count = len(event.get("peers", []))
+        at = event.get("round", event.get("at_round", 0))
+        ax.axvline(at, color="crimson", ls="--", lw=1)
+        if event.get("groups"):
+            label = f"{event['kind']} into {len(event['groups'])}"
+        elif event.get("peers"):
+            label = f"{event['kind']} {len(event['peers'])}"
+        else:
+            label = event["kind"]
         ax.annotate(
-            f"{event['kind']} {count}",
-            (event["at_round"], 0.02),
+            label,
+            (at, 0.02),
             xycoords=("data", "axes fraction"),
             rotation=90,
             color="crimson",
@@ -54,7 +61,7 @@ def render_report(out: Path) -> Path:
     """Write ``out/report.html`` from the run's summary.json and metrics.jsonl."""
     summary, metrics = load_run(out)
     rounds = [m["round"] for m in metrics]
-    events = summary.get("churn", [])
+    events = summary.get("timeline", summary.get("churn", []))
     plots: list[tuple[str, str]] = []
 
     def accuracy(ax: Any) -> None:
@@ -70,7 +77,7 @@ def render_report(out: Path) -> Path:
         ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
         ax.legend(loc="lower right")
 
-    plots.append(("Accuracy (churn events marked)", _figure_png(accuracy)))
+    plots.append(("Accuracy (timeline events marked)", _figure_png(accuracy)))
 
     def traffic(ax: Any) -> None:
         ax.plot(rounds, [m["bytes_sent"] / 1e6 for m in metrics], lw=2)

@@ -36,7 +36,7 @@ def test_modest_survivors_keep_completing_rounds_after_80_percent_crash(seed: in
     config = make_config(**MODEST, rounds=24, seed=seed, churn=[churn("crash", 8, 0.8)])
     result = simulate(config)
     summary = result.summary
-    (event,) = summary["churn"]
+    (event,) = summary["timeline"]
     assert event["kind"] == "crash" and len(event["peers"]) == 16
     assert summary["peers_alive"] == 4
     assert rounds(result) == list(range(1, 25))  # every round still completes
@@ -52,7 +52,7 @@ def test_modest_survivors_keep_completing_rounds_after_80_percent_crash(seed: in
 def test_modest_joining_peers_are_sampled_once_active() -> None:
     config = make_config(**MODEST, rounds=40, seed=2, churn=[churn("join", 5, 0.2)])
     result = simulate(config)
-    (event,) = result.summary["churn"]
+    (event,) = result.summary["timeline"]
     assert event["peers"] == [20, 21, 22, 23]
     assert result.summary["peers_alive"] == 24
     assert rounds(result) == list(range(1, 41))
@@ -63,7 +63,7 @@ def test_modest_joining_peers_are_sampled_once_active() -> None:
 def test_modest_leaving_peers_stop_and_the_rest_go_on() -> None:
     config = make_config(**MODEST, rounds=20, seed=4, churn=[churn("leave", 6, 5)])
     result = simulate(config)
-    (event,) = result.summary["churn"]
+    (event,) = result.summary["timeline"]
     assert len(event["peers"]) == 5 and result.summary["peers_alive"] == 15
     assert rounds(result) == list(range(1, 21))
     assert result.summary["mean_accuracy"] > 0.75
@@ -86,7 +86,7 @@ def test_gossip_survivors_finish_when_half_the_peers_crash() -> None:
 def test_gossip_joining_peers_get_neighbours_and_report_rounds() -> None:
     config = make_config(**GOSSIP, seed=2, churn=[churn("join", 3, 3)])
     result = simulate(config)
-    (event,) = result.summary["churn"]
+    (event,) = result.summary["timeline"]
     assert event["peers"] == [12, 13, 14]
     assert rounds(result) == list(range(1, 11))
     assert result.metrics[-1]["peers_reporting"] == 15
@@ -188,7 +188,7 @@ def test_churn_config_is_validated() -> None:
                 churn("join", 2, 2.5)):  # fmt: skip
         with pytest.raises(ConfigError, match="churn"):
             make_config(churn=[bad])
-    with pytest.raises(ConfigError, match="cannot join a fedavg run"):
+    with pytest.raises(ConfigError, match="cannot join or recover in a fedavg run"):
         make_config(protocol="fedavg", churn=[churn("join", 2, 1)])
     with pytest.raises(ConfigError, match="shared initial model"):
         make_config(protocol="modest", shared_init=False)
@@ -210,8 +210,8 @@ def test_cli_modest_and_churn_flags(tmp_path: Path) -> None:
         4, 2, 0.75,
     )  # fmt: skip
     assert (config["ping_timeout"], config["inactivity_threshold"]) == (2.0, 9)
-    assert [e["kind"] for e in config["churn"]] == ["crash", "join", "leave"]
-    assert [e["kind"] for e in summary["churn"]] == ["crash", "join", "leave"]
+    assert [e["kind"] for e in config["timeline"]] == ["crash", "join", "leave"]
+    assert [e["kind"] for e in summary["timeline"]] == ["crash", "join", "leave"]
     assert summary["rounds"] == 5
 
 

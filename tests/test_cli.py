@@ -52,7 +52,7 @@ def test_report_marks_churn_events(tmp_path: Path) -> None:
     assert main(args) == 0
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert "Accuracy (churn events marked)" in page
+    assert "Accuracy (timeline events marked)" in page
 
 
 def test_progress_lines_show_mean_min_max(

@@ -25,8 +25,11 @@ def test_example_validates_says_what_it_shows_and_runs_scaled_down(path: Path) -
     values = tomllib.loads(text)
     config = make_config(f"scenario {path}", **values)
     small = {"rounds": 2, "eval_samples": 300}
-    if config.churn:
-        small["churn"] = [event.model_copy(update={"at_round": 1}) for event in config.churn]
+    if config.timeline:  # every round event at round 1
+        small["timeline"] = [
+            event.model_copy(update={"at_round": 1}) if event.at_round else event
+            for event in config.timeline
+        ]
     result = simulate(config.model_copy(update=small))
     assert result.summary["rounds"] == 2
     assert result.summary["mean_accuracy"] is not None

@@ -310,7 +310,7 @@ def test_gossip_buffer_never_exceeds_max_and_drops_oldest() -> None:
     core.handle(0.0, Start())
     limit = core.max_buffer
     for i in range(3 * limit):
-        core.handle(0.5, MessageReceived(1, msg(1, float(i))))
+        core.handle(0.5, MessageReceived(1, msg(i + 1, float(i))))  # rising rounds: no replay
         assert len(core.buffer) <= limit
     core.handle(1.0, TrainingDone(p(5.0)))
     received = [w(m) for m in merge.calls[0][1]]
@@ -324,7 +324,7 @@ def test_gossip_buffer_respects_max_after_peer_down() -> None:
         core.handle(0.0, PeerDown(peer))
     core.handle(0.0, Start())
     for i in range(40):
-        core.handle(0.5, MessageReceived(1, msg(1, float(i))))
+        core.handle(0.5, MessageReceived(1, msg(i + 1, float(i))))  # rising rounds: no replay
     assert len(core.buffer) <= core.max_buffer
 
 

@@ -103,16 +103,27 @@ def test_exponential_on_eight_peers_has_degree_five() -> None:
     assert {d for _, d in build_topology("exponential", 8, 0).degree} == {5}
 
 
-@pytest.mark.parametrize("cap", [1, 2, 3, 5])
-def test_geometric_cap_is_respected(cap: int) -> None:
-    # Call the builder directly: a tight cap may disconnect the graph, which
-    # build_topology would (rightly) refuse, but the cap must hold regardless.
+def _spanning_tree_links(graph: nx.Graph) -> set[tuple[int, int]]:
+    pos = nx.get_node_attributes(graph, "pos")
+    for u, v in graph.edges:
+        graph.edges[u, v]["length"] = math.dist(pos[u], pos[v])
+    return _edges(nx.minimum_spanning_tree(graph, weight="length"))
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 5, 6])
+def test_geometric_cap_is_respected_except_for_spanning_tree_links(cap: int) -> None:
     uncapped = builders.geometric(40, 4, 0.5)
     capped = builders.geometric(40, 4, 0.5, cap)
+    tree = _spanning_tree_links(uncapped)
     assert max(d for _, d in uncapped.degree) > cap
-    assert max(d for _, d in capped.degree) <= cap
-    dropped = _edges(uncapped) - _edges(capped)
     assert _edges(capped) <= _edges(uncapped)
+    assert tree <= _edges(capped)  # never cut apart
+    for node in capped.nodes:
+        if capped.degree[node] > cap:  # only possible with tree links alone
+            assert all(tuple(sorted(e)) in tree for e in capped.edges(node))
+    if cap >= 6:  # a Euclidean minimum spanning tree has no degree above 6
+        assert max(d for _, d in capped.degree) <= cap
+    dropped = _edges(uncapped) - _edges(capped)
     # Only peers over the cap lose links.
     assert all(uncapped.degree[u] > cap or uncapped.degree[v] > cap for u, v in dropped)
 
@@ -121,6 +132,7 @@ def test_geometric_cap_is_respected(cap: int) -> None:
 def test_geometric_cap_drops_longest_edges_of_over_full_peers(cap: int) -> None:
     uncapped = builders.geometric(40, 4, 0.5)
     capped = builders.geometric(40, 4, 0.5, cap)
+    tree = _spanning_tree_links(uncapped)
     pos = nx.get_node_attributes(uncapped, "pos")
 
     def length(a: int, b: int) -> float:
@@ -136,8 +148,33 @@ def test_geometric_cap_drops_longest_edges_of_over_full_peers(cap: int) -> None:
         )
 
     for u, v in uncapped.edges:
+        if (min(u, v), max(u, v)) in tree:
+            continue
         over_full = max(degree_when_visited(u, length(u, v)), degree_when_visited(v, length(u, v)))
         assert capped.has_edge(u, v) == (over_full <= cap)
+
+
+def test_capped_geometric_stays_connected_where_cutting_longest_links_did_not() -> None:
+    # The paper's setting: 100 peers, radius 0.2, at most 7 links. Dropping the longest
+    # links regardless cut 40 of these 200 graphs apart; each point set that is connected
+    # before capping must stay connected after it, with the cap held.
+    for seed in range(200):
+        graph = build_topology("geometric:0.2:7", 100, seed=seed)
+        assert nx.is_connected(graph)
+        assert max(d for _, d in graph.degree) <= 7
+    graph = build_topology("geometric:0.5:3", 40, seed=4)  # cut apart before the fix
+    assert nx.is_connected(graph)
+
+
+def test_geometric_redraws_points_that_leave_a_peer_isolated() -> None:
+    first = nx.random_geometric_graph(100, 0.2, dim=2, seed=3)
+    assert not nx.is_connected(first)  # this seed's first draw has an isolated peer
+    graph = builders.geometric(100, 3, 0.2)
+    assert nx.is_connected(graph)
+    assert graph.nodes[0]["pos"] != first.nodes[0]["pos"]
+    assert _edges(builders.geometric(100, 3, 0.2)) == _edges(graph)  # still deterministic
+    kept = builders.geometric(100, 0, 0.2)  # a connected first draw is kept as it is
+    assert _edges(kept) == _edges(nx.random_geometric_graph(100, 0.2, dim=2, seed=0))
 
 
 def test_geometric_cap_is_deterministic() -> None:
@@ -331,9 +368,3 @@ def test_disconnected_watts_strogatz_is_detected(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(builders.nx, "connected_watts_strogatz_graph", give_up)
     with pytest.raises(TopologyError, match=r"disconnected.*larger K"):
         build_topology("watts-strogatz:2:1", 200, seed=0)
-
-
-def test_capped_geometric_disconnection_is_reported() -> None:
-    # Dropping the longest links first cuts the bridges between dense clusters.
-    with pytest.raises(TopologyError, match=r"disconnected.*larger CAP"):
-        build_topology("geometric:0.5:3", 40, seed=4)

@@ -3,6 +3,12 @@
 Every rule has the signature ``rule(own, received, **options) -> merged`` over
 :data:`gossiplearn.types.Params`. Adding a rule is one module, one test file and one line
 in :data:`AGGREGATORS`.
+
+Each rule also says how much of its result came from each input: ``shares(own, received,
+**options)`` (same options) returns one non-negative number per input, own first, summing
+to 1 — the mixing weights for averaging rules, the share of coordinates taken from each
+input for median and trimmed mean, the selection for Krum. Registered in :data:`SHARES`;
+the simulator uses them to measure how much weight honest peers give to attackers.
 """
 
 from __future__ import annotations
@@ -10,16 +16,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gossiplearn.aggregation.foolsgold import foolsgold, foolsgold_weights
-from gossiplearn.aggregation.krum import krum, multi_krum
-from gossiplearn.aggregation.mean import mean
-from gossiplearn.aggregation.median import median
-from gossiplearn.aggregation.trimmed_mean import trimmed_mean
+import numpy as np
+import numpy.typing as npt
+
+from gossiplearn.aggregation.foolsgold import foolsgold, foolsgold_shares, foolsgold_weights
+from gossiplearn.aggregation.krum import krum, krum_shares, multi_krum, multi_krum_shares
+from gossiplearn.aggregation.mean import mean, mean_shares
+from gossiplearn.aggregation.median import median, median_shares
+from gossiplearn.aggregation.trimmed_mean import trimmed_mean, trimmed_mean_shares
 from gossiplearn.aggregation.vc import variance_corrected
 from gossiplearn.errors import ConfigError
 from gossiplearn.types import Params
 
 Aggregator = Callable[..., Params]
+Shares = npt.NDArray[np.float64]
 
 AGGREGATORS: dict[str, Aggregator] = {
     "mean": mean,
@@ -31,12 +41,26 @@ AGGREGATORS: dict[str, Aggregator] = {
     "foolsgold": foolsgold,
 }
 
+#: Rule name -> its shares function (see the module docstring); same keys as AGGREGATORS.
+SHARES: dict[str, Callable[..., Shares]] = {
+    "mean": mean_shares,
+    "vc": mean_shares,
+    "median": median_shares,
+    "trimmed-mean": trimmed_mean_shares,
+    "krum": krum_shares,
+    "multi-krum": multi_krum_shares,
+    "foolsgold": foolsgold_shares,
+}
+
 __all__ = [
     "AGGREGATORS",
+    "SHARES",
     "Aggregator",
+    "Shares",
     "foolsgold",
     "foolsgold_weights",
     "get_aggregator",
+    "get_shares",
     "krum",
     "mean",
     "median",
@@ -56,5 +80,16 @@ def get_aggregator(name: str, **options: Any) -> Callable[[Params, Sequence[Para
 
     def bound(own: Params, received: Sequence[Params]) -> Params:
         return rule(own, received, **options)
+
+    return bound
+
+
+def get_shares(name: str, **options: Any) -> Callable[[Params, Sequence[Params]], Shares]:
+    """The shares function of rule ``name`` with its options bound (as get_aggregator)."""
+    get_aggregator(name)  # the same error for an unknown name
+    shares = SHARES[name]
+
+    def bound(own: Params, received: Sequence[Params]) -> Shares:
+        return shares(own, received, **options)
 
     return bound

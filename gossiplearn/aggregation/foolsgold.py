@@ -39,16 +39,26 @@ def _cosine_similarity(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float
     return np.clip(cosine, -1.0, 1.0)
 
 
-def foolsgold_weights(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+def foolsgold_weights(
+    vectors: npt.NDArray[np.floating], *, candidates: int | None = None
+) -> npt.NDArray[np.float64]:
     """FoolsGold weight in [0, 1] of each row of an (n, d) matrix of updates or histories.
 
     cs = cosine similarity minus identity; v_i = max_j cs_ij; pardoning: cs_ij ← cs_ij·v_i/v_j
     where v_i < v_j; w_i = clip(1 − max_j cs_ij, 0, 1); w ← w / max(w) (all-zero stays 0);
     w ← ln(w / (1 − w)) + 0.5 with w = 1 → 1 and w = 0 → 0; clip to [0, 1].
+
+    With ``candidates=k`` only the first k rows are weighed (the models to merge); the
+    other rows (SybilWall's distant histories) take part in the similarity matrix only,
+    and the rescale w / max(w) runs over the k candidates. Otherwise one stale, dissimilar
+    history would set max(w) and push every candidate's weight to 0. Returns k weights.
     """
     rows = np.asarray(vectors, dtype=np.float64)
     if rows.ndim != 2:
         raise ValueError(f"vectors must be an (n, d) matrix, got shape {rows.shape}")
+    count = len(rows) if candidates is None else candidates
+    if not 0 <= count <= len(rows):
+        raise ValueError(f"candidates must be in [0, {len(rows)}], got {candidates}")
     cs = _cosine_similarity(rows)
     np.fill_diagonal(cs, 0.0)  # "minus identity", exactly
     v = cs.max(axis=1, initial=0.0)  # ≥ 0 anyway: the diagonal is in each row
@@ -56,7 +66,7 @@ def foolsgold_weights(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float
     # v_i < v_j implies v_j > 0, so the ratio is defined wherever it is used.
     ratio = np.divide(v[:, None], v[None, :], out=np.ones_like(cs), where=v[None, :] > 0)
     cs = np.where(v[:, None] < v[None, :], cs * ratio, cs)
-    w = np.clip(1.0 - cs.max(axis=1, initial=0.0), 0.0, 1.0)
+    w = np.clip(1.0 - cs.max(axis=1, initial=0.0), 0.0, 1.0)[:count]
     w[w < _ROUNDING] = 0.0
     top = w.max(initial=0.0)
     if top == 0.0:
@@ -82,3 +92,13 @@ def foolsgold(own: Params, received: Sequence[Params]) -> Params:
     weights = foolsgold_weights(models - base)
     merged = (base + weights @ models) / (1.0 + weights.sum())
     return unflatten(merged, own)
+
+
+def foolsgold_shares(own: Params, received: Sequence[Params]) -> npt.NDArray[np.float64]:
+    """The share of each input in :func:`foolsgold`'s result, own first:
+    [1, w_1, …, w_n] / (1 + Σ w). Sums to 1."""
+    if not received:
+        return np.ones(1, dtype=np.float64)
+    base = flatten(own, own)
+    weights = foolsgold_weights(flatten_all(received, own) - base)
+    return np.concatenate([[1.0], weights]) / (1.0 + weights.sum())

@@ -101,3 +101,32 @@ def multi_krum(
     count = min(max(count, 1), n)
     chosen = np.argsort(krum_scores(vectors, byzantine), kind="stable")[:count]
     return unflatten(vectors[chosen].mean(axis=0), own)
+
+
+def krum_shares(
+    own: Params, received: Sequence[Params], *, byzantine: int | None = None
+) -> npt.NDArray[np.float64]:
+    """1 for the input :func:`krum` selects, 0 for the others, own first."""
+    vectors = flatten_all([own, *received], own)
+    shares = np.zeros(len(vectors), dtype=np.float64)
+    shares[int(np.argmin(krum_scores(vectors, byzantine)))] = 1.0
+    return shares
+
+
+def multi_krum_shares(
+    own: Params,
+    received: Sequence[Params],
+    *,
+    byzantine: int | None = None,
+    m: int | None = None,
+) -> npt.NDArray[np.float64]:
+    """1/m for each of the m inputs :func:`multi_krum` averages, 0 for the others, own
+    first."""
+    vectors = flatten_all([own, *received], own)
+    n = len(vectors)
+    count = n - resolve_byzantine(n, byzantine) if m is None else m
+    count = min(max(count, 1), n)
+    chosen = np.argsort(krum_scores(vectors, byzantine), kind="stable")[:count]
+    shares = np.zeros(n, dtype=np.float64)
+    shares[chosen] = 1.0 / count
+    return shares

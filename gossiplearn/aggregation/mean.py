@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 from gossiplearn.aggregation._tensors import check_beta, is_local_statistic, mix, stack
 from gossiplearn.types import Params
 
@@ -24,3 +27,15 @@ def mean(own: Params, received: Sequence[Params], *, beta: float = 0.5) -> Param
         else:
             merged[name] = mix(value, stack(received, name), beta).astype(value.dtype)
     return merged
+
+
+def mean_shares(
+    own: Params, received: Sequence[Params], *, beta: float = 0.5, **_: object
+) -> npt.NDArray[np.float64]:
+    """The share of each input in :func:`mean`'s result, own first: β, then (1−β)/n each
+    (also variance-corrected averaging's: its rescale keeps the mix). Sums to 1."""
+    check_beta(beta)
+    if not received:
+        return np.ones(1, dtype=np.float64)
+    n = len(received)
+    return np.array([beta] + [(1.0 - beta) / n] * n, dtype=np.float64)

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import numpy.typing as npt
+
+from gossiplearn.aggregation._flat import flatten_all
 from gossiplearn.aggregation._tensors import is_local_statistic, stack
 from gossiplearn.types import Params
 
@@ -33,3 +36,25 @@ def median(own: Params, received: Sequence[Params]) -> Params:
         else:
             merged[name] = np.median(stack(models, name), axis=0).astype(value.dtype)
     return merged
+
+
+def coordinate_shares(
+    own: Params, received: Sequence[Params], keep: slice
+) -> npt.NDArray[np.float64]:
+    """For rules that average, per coordinate, the values ranked ``keep`` among the inputs:
+    the share of all aggregated coordinates' values taken from each input, own first."""
+    values = flatten_all([own, *received], own)
+    count, coordinates = values.shape
+    kept = np.argsort(values, axis=0, kind="stable")[keep]
+    if coordinates == 0 or kept.size == 0:
+        return np.eye(count, 1, dtype=np.float64).ravel()
+    taken = np.bincount(kept.ravel(), minlength=count).astype(np.float64)
+    return taken / taken.sum()
+
+
+def median_shares(own: Params, received: Sequence[Params]) -> npt.NDArray[np.float64]:
+    """The share of the coordinates of :func:`median`'s result that came from each input,
+    own first (with an even count, each of the two middle values gives half). Sums to 1."""
+    count = 1 + len(received)
+    middle = slice((count - 1) // 2, count // 2 + 1)
+    return coordinate_shares(own, received, middle)

@@ -20,7 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import numpy.typing as npt
+
 from gossiplearn.aggregation._tensors import is_local_statistic, stack
+from gossiplearn.aggregation.median import coordinate_shares
 from gossiplearn.errors import ConfigError
 from gossiplearn.types import Params
 
@@ -62,3 +65,13 @@ def trimmed_mean(
         # Clip only undoes rounding (a mean of equal floats can land one ulp outside).
         merged[name] = np.clip(kept.mean(axis=0), kept[0], kept[-1]).astype(value.dtype)
     return merged
+
+
+def trimmed_mean_shares(
+    own: Params, received: Sequence[Params], *, trim: int | None = None, strict: bool = False
+) -> npt.NDArray[np.float64]:
+    """The share of the values averaged by :func:`trimmed_mean` that came from each input,
+    over all aggregated coordinates, own first. Sums to 1."""
+    count = 1 + len(received)
+    cut = resolve_trim(count, trim, strict=strict)
+    return coordinate_shares(own, received, slice(cut, count - cut))

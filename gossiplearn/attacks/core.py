@@ -40,9 +40,17 @@ class AttackerCore:
         self.rng = rng
         #: identity -> its neighbours; None: send as the inner core decides.
         self.identities = identities
+        #: Off (a scenario's attack window not open yet, or closed): it behaves honestly,
+        #: and its Sybil identities stay silent.
+        self.active = True
         self._before: Params | None = None
 
     def handle(self, now: float, event: Event) -> list[Effect]:
+        if not self.active:
+            hide = not self.reports_rounds
+            return [
+                e for e in self.inner.handle(now, event) if not (hide and isinstance(e, RoundDone))
+            ]
         effects: list[Effect] = []
         poisoned: dict[int, ModelMessage] = {}
         for effect in self.inner.handle(now, event):

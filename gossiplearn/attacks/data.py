@@ -1,6 +1,8 @@
 """Data poisoning: what an attacker trains on.
 
-- label flip A→B: every sample of class A is labelled B;
+- label flip A→B: every sample of class A is labelled B (with non-iid shards an attacker
+  may hold few or no samples of class A: :func:`add_source_samples` gives it some, as a
+  real attacker would collect them);
 - label flip all: every label y becomes C−1−y;
 - backdoor: a 3x3 white trigger patch (value 1.0; our datasets are scaled to [0, 1]) in
   the bottom-right corner of a fraction
@@ -51,3 +53,38 @@ def poison_data(
         y[chosen] = target
         return x, y
     return x, y
+
+
+def add_source_samples(
+    attack: Attack,
+    x: Images,
+    y: Labels,
+    pool_x: Images,
+    pool_y: Labels,
+    rng: np.random.Generator,
+    *,
+    count: int | None = None,
+) -> tuple[Images, Labels]:
+    """The attacker's data plus ``count`` samples of a label flip's source class.
+
+    A label-flip attacker without samples of the class it flips poisons nothing; a real
+    attacker targeting class A gathers examples of A (public data, scraping). The samples
+    are drawn without replacement from ``pool_x``/``pool_y`` (in the simulator, the
+    training set), still correctly labelled: :func:`poison_data` flips them afterwards.
+    ``count=None`` adds as many as the attacker already has samples (so that at least half
+    of what it trains on is the source class), capped by what the pool holds. Other
+    attacks return the data unchanged.
+    """
+    if attack.name != "label-flip":
+        return x, y
+    source = int(attack.params[0])
+    wanted = len(y) if count is None else count
+    if wanted < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    candidates = np.flatnonzero(pool_y == source)
+    chosen = rng.choice(candidates, size=min(wanted, len(candidates)), replace=False)
+    chosen.sort()
+    return (
+        np.concatenate([x, pool_x[chosen]]).astype(x.dtype, copy=False),
+        np.concatenate([y, pool_y[chosen]]).astype(np.int64, copy=False),
+    )

@@ -408,6 +408,17 @@ class BatchedPool:
         self._pending_peer[ticket] = peer
         return ticket
 
+    def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Give ``peer`` new training data of the same size (an attack switching on or
+        off); jobs submitted before train on the old data."""
+        offset, size = self._offsets[peer], self._samplers[peer].size
+        if len(x) != size or len(y) != size:
+            raise ValueError(f"peer {peer}: new data must keep its {size} samples")
+        self.flush()
+        with torch.no_grad():
+            self._x[offset : offset + size] = self.net.prepare(x.float())
+        self._y[offset : offset + size] = y.long()
+
     def result(self, ticket: Ticket) -> Params | None:
         peer = self._pending_peer.get(ticket)
         if peer is not None and self._latest[peer] == ticket:  # abandoned jobs can wait

@@ -101,6 +101,74 @@ MODELS: dict[str, Callable[[Shape, int], nn.Module]] = {
 }
 
 
+class FrozenFeatureHead(nn.Module):
+    """A frozen, pretrained feature extractor under a trainable linear head (transfer
+    learning, as Bristle uses it).
+
+    Only the head is state: the extractor is held outside the module's registry, so
+    ``state_dict()``, ``parameters()`` and therefore every message carry the head alone
+    (:data:`HEAD_WEIGHT`, :data:`HEAD_BIAS`), and the head starts at 0. Inputs of rank 4
+    are images, run through the extractor (in eval mode, without gradients); inputs of
+    rank 2 are features computed beforehand with :meth:`features`, which is how training
+    stays cheap: the extractor runs once per sample, not once per step.
+    """
+
+    def __init__(self, extractor: nn.Module, features: int, classes: int) -> None:
+        super().__init__()
+        extractor.eval()
+        extractor.requires_grad_(False)
+        # A tuple is not registered as a submodule: the extractor stays out of state_dict.
+        self._frozen: tuple[nn.Module] = (extractor,)
+        self.head = nn.Linear(features, classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The extractor's output [N, features] for images [N, C, H, W]."""
+        extractor = self._frozen[0]
+        chunks = [extractor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks) if chunks else images.new_zeros((0, self.num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return self.head(x)
+        return self.head(self.features(x))
+
+
+#: Names of the head's tensors in a :class:`FrozenFeatureHead`'s params.
+HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"
+
+
+def split_extractor(model: nn.Module) -> tuple[nn.Sequential, int]:
+    """A sequential model without its output layer, and that layer's input width."""
+    if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
+        raise ModelError(
+            f"a feature extractor needs a model ending in a linear layer, got {type(model)}"
+        )
+    return nn.Sequential(*list(model)[:-1]), int(model[-1].in_features)
+
+
+def build_transfer_model(
+    name: str, shape: Shape, classes: int, trained: dict[str, torch.Tensor]
+) -> FrozenFeatureHead:
+    """Model ``name`` with the weights of a pretrained one (``trained``, its state_dict),
+    its output layer replaced by a zero head on top of the frozen rest."""
+    model = build_model(name, shape, classes, seed=0)
+    try:
+        model.load_state_dict(trained)
+    except RuntimeError as error:
+        raise ModelError(
+            f"the pretrained weights do not fit model {name!r} on inputs {shape}: {error}"
+        ) from None
+    extractor, features = split_extractor(model)
+    return FrozenFeatureHead(extractor, features, classes)
+
+
 def build_model(name: str, shape: Shape, classes: int, *, seed: int) -> nn.Module:
     """Build model ``name`` with weights initialised from ``seed`` alone.
 

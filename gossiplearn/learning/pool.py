@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
+import torch
+
 from gossiplearn.learning.trainer import Learner
 from gossiplearn.types import Params
 
@@ -29,6 +31,10 @@ class TrainingPool(Protocol):
 
     def result(self, ticket: Ticket) -> Params | None:
         """The trained params, or None if the job was abandoned by a later submit."""
+        ...
+
+    def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Replace ``peer``'s training data (same number of samples) for later jobs."""
         ...
 
 
@@ -53,3 +59,7 @@ class SequentialPool:
 
     def result(self, ticket: Ticket) -> Params | None:
         return self._results.pop(ticket, None)
+
+    def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        learner = self.learners[peer]
+        learner.x, learner.y = x, y

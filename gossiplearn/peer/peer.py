@@ -62,6 +62,7 @@ from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
     PEER_EXCHANGE_PROTOCOL,
+    ReceiverBusy,
     Transport,
     TransportError,
 )
@@ -73,6 +74,10 @@ log = logging.getLogger("gossiplearn.peer")
 EVENTS = ("round", "merged", "peer_joined", "peer_left", "rejected", "sent")
 
 Listener = Callable[[dict[str, Any]], Any]
+
+#: Payload bytes per second one neighbour may push to a libp2p peer, on average (bursts
+#: of two seconds' worth); more is refused before it is buffered.
+PEER_BYTES_PER_SECOND = 32 * 2**20
 
 
 @dataclass
@@ -211,9 +216,20 @@ class Peer:
             bytes_out=self.traffic["bytes_out"],
             messages_in=self.traffic["messages_in"],
             messages_out=self.traffic["messages_out"],
-            rejected=dict(self.rejected),
+            rejected=self._rejected_counts(),
             finished=self._finished.is_set(),
         )
+
+    def _rejected_counts(self) -> dict[str, int]:
+        """Rejections by reason: by the decoder here, by the core (replays, bad
+        signatures) and by the transport (over its stream or byte-rate limits)."""
+        counts = Counter(self.rejected)
+        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
+        counts.update(getattr(core, "rejected", {}))
+        rejected_by_transport = getattr(self.transport, "rejected_counts", None)
+        if rejected_by_transport is not None:
+            counts.update(rejected_by_transport())
+        return dict(counts)
 
     # ---- core driving -----------------------------------------------------------------
 
@@ -338,6 +354,9 @@ class Peer:
         try:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, MODEL_PROTOCOL, payload)
+        except ReceiverBusy as error:  # alive but over its limits: skip this message only
+            log.info("%s refused %s: %s", peer, type(message).__name__, error)
+            return
         except (TransportError, TimeoutError) as error:
             log.warning("sending %s to %s failed: %s", type(message).__name__, peer, error)
             self._drop_neighbour(peer)
@@ -510,4 +529,9 @@ def _clone(model: nn.Module) -> nn.Module:
 def _libp2p_transport(listen: str, identity: Path | None, max_frame_bytes: int) -> Transport:
     from gossiplearn.transport.libp2p import Libp2pTransport  # heavy: imported on demand
 
-    return Libp2pTransport(identity, listen=listen, max_frame_bytes=max_frame_bytes)
+    return Libp2pTransport(
+        identity,
+        listen=listen,
+        max_frame_bytes=max_frame_bytes,
+        max_bytes_per_peer_per_second=PEER_BYTES_PER_SECOND,
+    )

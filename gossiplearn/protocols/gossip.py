@@ -10,16 +10,19 @@ round boundary where the buffer is full.
 Invariants: the buffer counts models, not distinct senders, and never holds more than
 ``max_buffer`` of them (oldest dropped first); a round's model is reported once, after the
 merge; after ``rounds`` rounds the core emits :class:`Finished` and ignores all input.
+Replays: a model whose round is not newer than the last one taken from the same sender
+(a duplicate, or an old round sent again) is ignored and counted in ``rejected["Replay"]``.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from gossiplearn.protocols.events import (
     Effect,
@@ -40,6 +43,11 @@ from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.types import Params, PeerId
 
 Merge = Callable[[Params, Sequence[Params]], Params]
+#: How much of a merge's result came from each input, own first (aggregation.SHARES).
+Weigh = Callable[[Params, Sequence[Params]], npt.NDArray[np.float64]]
+
+#: Senders whose last round is remembered for the replay check (least recent forgotten).
+MAX_TRACKED_SENDERS = 4096
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,13 @@ class GossipCore:
         rng: np.random.Generator,
         *,
         round: int = 0,
+        weigh: Weigh | None = None,
     ) -> None:
         self.config = config
         self.neighbours = list(neighbours)
         self.params = params
         self.merge = merge
+        self.weigh = weigh
         self.rng = rng
         self.round = round  # > 0 when resuming from a checkpoint
         self.training = False
@@ -83,6 +93,14 @@ class GossipCore:
         # Fixed at start: bounds memory whatever neighbours come and go.
         self.max_buffer = 4 * max(config.buffer_size or 0, len(self.neighbours), 1)
         self.buffer: deque[Params] = deque(maxlen=self.max_buffer)
+        self.senders: deque[PeerId] = deque(maxlen=self.max_buffer)  # in step with buffer
+        #: With ``weigh``: the share of the last merge's result that came from each sender
+        #: (own share left out; empty when the round merged nothing). For attack metrics.
+        self.merge_shares: dict[PeerId, float] = {}
+        #: sender -> round of the last model taken from it (the replay check).
+        self.last_round_from: OrderedDict[PeerId, int] = OrderedDict()
+        #: Messages ignored, by reason (read by drivers for their metrics).
+        self.rejected: Counter[str] = Counter()
 
     @property
     def buffer_size(self) -> int:
@@ -100,8 +118,12 @@ class GossipCore:
                 return self._train()
             case TrainingDone(params=params):
                 return self._after_training(params)
-            case MessageReceived(message=message):
+            case MessageReceived(sender=sender, message=message):
+                if self._is_replay(sender, message.round):
+                    self.rejected["Replay"] += 1
+                    return []
                 self.buffer.append(message.params)
+                self.senders.append(sender)
                 if self.waiting and len(self.buffer) >= self.buffer_size:
                     return self._end_round()
             case Timer(token=token) if self.waiting and token == self._timer_token:
@@ -113,6 +135,18 @@ class GossipCore:
                 if self.waiting and len(self.buffer) >= self.buffer_size:
                     return self._end_round()
         return []
+
+    def _is_replay(self, sender: PeerId, round_: int) -> bool:
+        """True if ``sender`` already gave us a model of round ``round_`` or later; else
+        remember ``round_`` as its latest."""
+        last = self.last_round_from.get(sender)
+        if last is not None and round_ <= last:
+            return True
+        self.last_round_from[sender] = round_
+        self.last_round_from.move_to_end(sender)
+        if len(self.last_round_from) > MAX_TRACKED_SENDERS:
+            self.last_round_from.popitem(last=False)
+        return False
 
     def _train(self) -> list[Effect]:
         self.training = True
@@ -142,10 +176,17 @@ class GossipCore:
         """Merge if the buffer is full (or on timeout, whatever arrived), report, go on."""
         full = len(self.buffer) >= self.buffer_size
         merged = 0
+        self.merge_shares = {}
         if self.buffer and (full or self.waiting):
             merged = len(self.buffer)
-            self.params = self.merge(self.params, list(self.buffer))
+            received = list(self.buffer)
+            if self.weigh is not None:
+                shares = self.weigh(self.params, received)[1:]
+                for sender, share in zip(self.senders, shares, strict=True):
+                    self.merge_shares[sender] = self.merge_shares.get(sender, 0.0) + float(share)
+            self.params = self.merge(self.params, received)
             self.buffer.clear()
+            self.senders.clear()
         self.waiting = False
         effects: list[Effect] = [RoundDone(self.round, self.params, merged)]
         if self.round >= self.config.rounds:

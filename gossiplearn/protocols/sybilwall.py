@@ -100,18 +100,19 @@ def sybilwall_merge(
 
     The weights come from :func:`foolsgold_weights` over every history in ``histories``
     (which must hold one for each sender in ``received``); histories of peers that sent no
-    model shape the weights but get none. Returns the merged model and each sender's weight.
+    model shape the weights but get none, and do not take part in the rescale to a top
+    weight of 1 (an old distant record, far from today's models, would otherwise take the
+    top and leave every sender near 0). Returns the merged model and each sender's weight.
     """
     if not received:
         return dict(own), {}
-    ids = list(histories)
-    scores = foolsgold_weights(flatten_all([histories[p] for p in ids], own))
-    weight_of = dict(zip(ids, (float(s) for s in scores), strict=True))
     senders = list(received)
-    weights = np.array([weight_of[p] for p in senders], dtype=np.float64)
+    distant = [p for p in histories if p not in received]
+    rows = flatten_all([histories[p] for p in senders + distant], own)
+    weights = foolsgold_weights(rows, candidates=len(senders))
     models = flatten_all([received[p] for p in senders], own)
     merged = (flatten(own, own) + weights @ models) / (1.0 + weights.sum())
-    return unflatten(merged, own), {p: weight_of[p] for p in senders}
+    return unflatten(merged, own), dict(zip(senders, (float(w) for w in weights), strict=True))
 
 
 class SybilWallCore:
@@ -145,6 +146,13 @@ class SybilWallCore:
         self.waiting = False
         self.finished = False
         self._timer_token = 0
+
+    @property
+    def merge_shares(self) -> dict[PeerId, float]:
+        """The share of the last merge's result that came from each sender (own share left
+        out; empty when the round merged nothing): w_p / (1 + Σ w)."""
+        total = 1.0 + sum(self.last_weights.values())
+        return {peer: weight / total for peer, weight in self.last_weights.items()}
 
     def handle(self, now: float, event: AnyEvent) -> list[AnyEffect]:
         if self.finished:
@@ -251,6 +259,7 @@ class SybilWallCore:
     def _end_round(self) -> list[AnyEffect]:
         """Merge whatever neighbours sent (all of them, or what came before the timeout)."""
         merged = len(self.pending)
+        self.last_weights = {}
         if self.pending:
             histories = {p: r.history for p, r in self.records.items()}
             self.params, self.last_weights = sybilwall_merge(self.params, self.pending, histories)

@@ -21,6 +21,8 @@ class NetworkSettings:
     #: Latency between the closest and the farthest two peers, in seconds.
     latency_min: float = 0.01
     latency_max: float = 0.1
+    #: Probability that a message is lost (drawn by the simulator).
+    loss: float = 0.0
     #: Upload bandwidth range, bytes per second (drawn log-uniformly per peer).
     bandwidth_min: float = 2.5e6
     bandwidth_max: float = 2.5e7

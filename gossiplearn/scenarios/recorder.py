@@ -33,10 +33,11 @@ class RoundRecorder:
         eval_every: int,
         bytes_sent: Callable[[], int],
         emit: Callable[[MetricsLine], None],
-        extra: Callable[[Params], dict[str, float]] | None = None,
+        extra: Callable[[PeerId, Params], dict[str, float]] | None = None,
     ) -> None:
         self.evaluator = evaluator
-        #: More per-model measures (e.g. attack success), averaged into each line.
+        #: More measures of a peer's reported model (e.g. attack success, the weight it
+        #: gave attackers); each is averaged over the peers that have it into each line.
         self.extra = extra
         #: peer -> the last round it is not expected to report (0: it reports every round).
         self.reporters = None if reporters is None else dict.fromkeys(reporters, 0)
@@ -73,7 +74,7 @@ class RoundRecorder:
             self._emit_complete()
             return
         accuracy = self.evaluator.accuracy(params)
-        measures = {"accuracy": accuracy, **(self.extra(params) if self.extra else {})}
+        measures = {"accuracy": accuracy, **(self.extra(peer, params) if self.extra else {})}
         self._pending[round_][peer] = measures
         self._time[round_] = max(self._time[round_], time)
         self.final_accuracy[peer] = accuracy
@@ -109,7 +110,9 @@ class RoundRecorder:
             "peers_reporting": len(accuracies),
             "bytes_sent": self.bytes_sent(),
         }
-        for key in measures[0].keys() - {"accuracy"}:
-            line[key] = sum(m[key] for m in measures) / len(measures)
+        keys = sorted({key for m in measures for key in m} - {"accuracy"})
+        for key in keys:
+            values = [m[key] for m in measures if key in m]
+            line[key] = sum(values) / len(values)
         self.lines.append(line)
         self.emit(line)

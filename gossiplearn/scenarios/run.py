@@ -8,6 +8,8 @@ the run get their data shard and streams at the start, after the initial peers'.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from gossiplearn.aggregation import get_aggregator
+from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
 from gossiplearn.learning.batched import BatchedPool
@@ -26,7 +28,9 @@ from gossiplearn.learning.datasets import Dataset, load_dataset
 from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
 from gossiplearn.learning.pool import SequentialPool
+from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
 from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, pick_validation
 from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore, metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgConfig, FedAvgServer
@@ -38,15 +42,16 @@ from gossiplearn.protocols.sybilwall import SybilWallConfig, SybilWallCore
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.scenarios.adversary import (
     Adversary,
-    attack_success,
+    attack_measures,
     plan_adversary,
     poison_learners,
     success_meter,
 )
-from gossiplearn.scenarios.churn import ChurnPlan, Joiner
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
 from gossiplearn.scenarios.recorder import MetricsLine, RoundRecorder
 from gossiplearn.scenarios.simulator import Simulator
+from gossiplearn.scenarios.timeline import Rebuilder, TimelinePlayer
+from gossiplearn.timeline import resolve
 from gossiplearn.topologies import build_topology
 from gossiplearn.types import Params, PeerId
 
@@ -73,12 +78,13 @@ class _Streams:
     eval_subset: np.random.Generator
     churn: np.random.Generator
     adversary: np.random.Generator
+    loss: np.random.Generator
 
     @classmethod
     def from_seed(cls, seed: int, peers: int) -> _Streams:
         # Children keep their values when more are spawned: add new streams at the end.
-        streams = np.random.SeedSequence(seed).spawn(9)
-        topo, part, net, cores, batches, inits, evals, churn, adversary = streams
+        streams = np.random.SeedSequence(seed).spawn(10)
+        topo, part, net, cores, batches, inits, evals, churn, adversary, loss = streams
         return cls(
             topology_seed=int(topo.generate_state(1)[0]),
             partition=np.random.default_rng(part),
@@ -89,17 +95,23 @@ class _Streams:
             eval_subset=np.random.default_rng(evals),
             churn=np.random.default_rng(churn),
             adversary=np.random.default_rng(adversary),
+            loss=np.random.default_rng(loss),
         )
 
 
-def _learners(config: RunConfig, data: Dataset, streams: _Streams) -> list[Learner]:
+def _learners(
+    config: RunConfig, data: Dataset, streams: _Streams, transfer: Transfer | None = None
+) -> list[Learner]:
     peers = config.peers + config.joining_peers()
     shards = partition(data.train_y, config.partition, peers, streams.partition)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     learners = []
     for i, shard in enumerate(shards):
         seed = streams.init_seeds[0] if config.shared_init else streams.init_seeds[i]
-        model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
+        if transfer is not None:  # a frozen extractor under a zero head: no init to seed
+            model: torch.nn.Module = transfer.model()
+        else:
+            model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
         index = torch.from_numpy(shard)
         learners.append(
             Learner(
@@ -146,6 +158,11 @@ def _cores(
             neighbours = sorted(graph.neighbors(i))
             cores[i] = _sybilwall_core(config, i, learner, neighbours, streams.cores[i])
         return cores
+    if config.aggregator == "bristle":  # gossip with its own core (validated in config)
+        for i, learner in enumerate(initial):
+            neighbours = sorted(graph.neighbors(i))
+            cores[i] = _bristle_core(config, learner, neighbours, streams.cores[i])
+        return cores
     merge = get_aggregator(config.aggregator, **config.aggregator_options())
     for i, learner in enumerate(initial):
         steps = _local_steps(config, learner)
@@ -165,6 +182,7 @@ def _gossip_core(
     merge: Merge,
     rng: np.random.Generator,
     round_: int = 0,
+    params: Params | None = None,
 ) -> GossipCore:
     gossip = GossipConfig(
         rounds=config.rounds,
@@ -175,7 +193,12 @@ def _gossip_core(
         merge_timeout=config.merge_timeout,
         samples=learner.samples,
     )
-    return GossipCore(gossip, neighbours, learner.params(), merge, rng, round=round_)
+    start = learner.params() if params is None else params
+    # Attack runs measure the weight honest peers give attackers (attacker_weight).
+    weigh = None
+    if config.attack is not None and config.aggregator in SHARES:
+        weigh = get_shares(config.aggregator, **config.aggregator_options())
+    return GossipCore(gossip, neighbours, start, merge, rng, round=round_, weigh=weigh)
 
 
 def _sybilwall_core(
@@ -185,6 +208,7 @@ def _sybilwall_core(
     neighbours: list[PeerId],
     rng: np.random.Generator,
     round_: int = 0,
+    params: Params | None = None,
 ) -> SybilWallCore:
     options = config.aggregator_options()
     sybilwall = SybilWallConfig(
@@ -195,48 +219,108 @@ def _sybilwall_core(
         lam=float(options.get("lam", 0.8)),
         max_records=int(options.get("max_records", 64)),
     )
-    return SybilWallCore(peer, sybilwall, neighbours, learner.params(), rng, round=round_)
+    start = learner.params() if params is None else params
+    return SybilWallCore(peer, sybilwall, neighbours, start, rng, round=round_)
+
+
+def _bristle_core(
+    config: RunConfig,
+    learner: Learner,
+    neighbours: list[PeerId],
+    rng: np.random.Generator,
+    round_: int = 0,
+    params: Params | None = None,
+) -> BristleCore:
+    """A Bristle peer; its validation set is drawn from its own (featurized) data."""
+    options = config.aggregator_options()
+    bristle = BristleConfig(
+        rounds=config.rounds,
+        local_steps=_local_steps(config, learner),
+        merge_timeout=config.merge_timeout,
+        samples=learner.samples,
+        alpha=float(options.get("alpha", 0.4)),
+        candidates=int(options.get("candidates", 10)),
+        overlap=int(options.get("overlap", 3)),
+        max_models=int(options.get("max_models", 20)),
+        center=bool(options.get("center", 1)),
+    )
+    labels = learner.y.numpy()
+    rows = pick_validation(labels, int(options.get("validation_per_class", 10)), rng)
+    validation = ValidationSet(learner.x[rows].numpy(), labels[rows])
+    start = learner.params() if params is None else params
+    return BristleCore(bristle, neighbours, start, validation, rng, round=round_)
+
+
+def _transfer(config: RunConfig, data: Dataset) -> Transfer | None:
+    """Bristle's frozen extractor (pretrained now if no file is given) and peer data."""
+    if config.aggregator != "bristle":
+        return None
+    path = config.aggregator_params.get("extractor")
+    notify = logging.getLogger("gossiplearn.bristle").warning
+    extractor = extractor_for_run(data, config.model, config.seed, _text(path), notify)
+    return transfer_setup(extractor, data)
+
+
+def _text(value: int | float | str | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _modest_config(config: RunConfig, learner: Learner) -> ModestConfig:
     return config.modest_config(config.rounds, _local_steps(config, learner), learner.samples)
 
 
-def _joiner(
+def _rebuilder(
     config: RunConfig,
     graph: nx.Graph,
     learners: list[Learner],
     streams: _Streams,
     cores: dict[PeerId, Core | AnyCore],
-) -> Joiner:
-    """How a peer joins: MoDeST copies the view of a random live peer (then advertises
-    JOIN); gossip connects to as many random live peers as the topology's mean degree and
-    starts counting rounds where the network is."""
+) -> Rebuilder:
+    """How a peer joins or recovers. MoDeST copies the view of a random live peer (then
+    advertises JOIN). Gossip: a joining peer connects to as many random live peers as the
+    topology's mean degree, a recovering one to the neighbours it had; both start counting
+    rounds where the network is. A recovering attacker attacks again."""
     degree = max(1, round(2 * graph.number_of_edges() / graph.number_of_nodes()))
-    sybilwall = config.aggregator == "sybilwall"
-    merge = None if sybilwall else get_aggregator(config.aggregator, **config.aggregator_options())
+    own_core = config.aggregator in ("sybilwall", "bristle")
+    merge = None if own_core else get_aggregator(config.aggregator, **config.aggregator_options())
 
-    def join(
-        peer: PeerId, live: Sequence[PeerId], round_: int
+    def rebuild(
+        peer: PeerId, live: Sequence[PeerId], round_: int, params: Params | None
     ) -> tuple[Core | AnyCore, list[PeerId]]:
         i = int(peer)
         learner, rng = learners[i], streams.cores[i]
+        old = cores.get(i)
         if config.protocol == "modest":
             source = cores[live[int(streams.churn.integers(len(live)))]]
             assert isinstance(source, ModestCore)
             modest = _modest_config(config, learner)
+            start = learner.params() if params is None else params
             view = source.view_snapshot()
-            cores[i] = ModestCore(i, modest, learner.params(), view, rng, joining=True)
+            cores[i] = ModestCore(i, modest, start, view, rng, joining=True)
             return cores[i], []
-        picks = streams.churn.choice(len(live), size=min(degree, len(live)), replace=False)
-        neighbours = sorted(live[j] for j in picks)
-        if merge is None:
-            cores[i] = _sybilwall_core(config, i, learner, neighbours, rng, round_)
+        if isinstance(old, AttackerCore):
+            assert isinstance(old.inner, GossipCore)
+            inner = _gossip_core(
+                config, learner, old.inner.neighbours, old.inner.merge, rng, round_, params
+            )
+            attacker = AttackerCore(inner, old.attack, old.rng, old.identities)
+            attacker.active = old.active
+            cores[i] = attacker
+            return attacker, []
+        if old is not None and hasattr(old, "neighbours"):
+            neighbours = sorted(old.neighbours)
         else:
-            cores[i] = _gossip_core(config, learner, neighbours, merge, rng, round_)
+            picks = streams.churn.choice(len(live), size=min(degree, len(live)), replace=False)
+            neighbours = sorted(live[j] for j in picks)
+        if config.aggregator == "bristle":
+            cores[i] = _bristle_core(config, learner, neighbours, rng, round_, params)
+        elif merge is None:
+            cores[i] = _sybilwall_core(config, i, learner, neighbours, rng, round_, params)
+        else:
+            cores[i] = _gossip_core(config, learner, neighbours, merge, rng, round_, params)
         return cores[i], neighbours
 
-    return join
+    return rebuild
 
 
 def _arm(
@@ -270,11 +354,17 @@ def _keep_own(own: Params, received: Sequence[Params]) -> Params:
     return own
 
 
-def _evaluator(config: RunConfig, data: Dataset, streams: _Streams) -> Evaluator:
+def _evaluator(
+    config: RunConfig, data: Dataset, streams: _Streams, transfer: Transfer | None = None
+) -> Evaluator:
     x, y = data.test_x, data.test_y
     if config.eval_samples is not None and config.eval_samples < len(y):
         keep = np.sort(streams.eval_subset.choice(len(y), config.eval_samples, replace=False))
         x, y = x[keep], y[keep]
+    if transfer is not None:  # evaluate the heads on test features computed once
+        return Evaluator(
+            transfer.model(), transfer.features(torch.from_numpy(x)), torch.from_numpy(y)
+        )
     model = build_model(config.model, data.input_shape, data.num_classes, seed=0)
     return Evaluator(model, torch.from_numpy(x), torch.from_numpy(y))
 
@@ -288,13 +378,24 @@ def simulate(
     total = config.peers + config.joining_peers()
     streams = _Streams.from_seed(config.seed, total)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    transfer = _transfer(config, data)
+    if transfer is not None:  # peers never get the rows the extractor was trained on
+        data = transfer.peer_data
     graph = build_topology(config.topology, config.peers, streams.topology_seed)
     adversary = plan_adversary(config, graph, streams.adversary, first_free_id=total)
-    learners = _learners(config, data, streams)
+    learners = _learners(config, data, streams, transfer)
+    clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if adversary is not None:
-        poison_learners(
-            adversary, learners, data.num_classes, streams.adversary, config.backdoor_fraction
+        clean = poison_learners(
+            adversary,
+            learners,
+            data.num_classes,
+            streams.adversary,
+            config.backdoor_fraction,
+            pool=(data.train_x, data.train_y),
         )
+    if transfer is not None:
+        transfer.featurize(learners)
     cores = _cores(config, graph, learners, streams)
     if adversary is not None:
         _arm(config, adversary, graph, learners, streams, cores)
@@ -302,7 +403,7 @@ def simulate(
     network = NetworkModel(NetworkSettings(**config.network.model_dump()), streams.network)
     # MoDeST: whichever aggregators report a round; else every peer that reports rounds.
     reporters = {peer for peer, core in cores.items() if core.reports_rounds}
-    evaluator = _evaluator(config, data, streams)
+    evaluator = _evaluator(config, data, streams, transfer)
     meter = success_meter(adversary.attack, data, evaluator) if adversary else None
     recorder = RoundRecorder(
         evaluator,
@@ -311,28 +412,43 @@ def simulate(
         eval_every=config.eval_every,
         bytes_sent=lambda: simulator.stats.bytes_sent,
         emit=on_metrics or (lambda line: None),
-        extra=(lambda params: {"attack_success_rate": attack_success(meter, params)})
-        if meter is not None
-        else None,
+        extra=attack_measures(adversary, meter, cores) if adversary else None,
     )
+    pool = BatchedPool(learners) if config.engine == "batched" else SequentialPool(learners)
     simulator = Simulator(
         network,
         spec_of(learners[0].params()),
-        BatchedPool(learners) if config.engine == "batched" else SequentialPool(learners),
+        pool,
         max_message_bytes=int(config.max_message_mb * 2**20),
         on_round=recorder.on_round,
+        loss_rng=streams.loss,
     )
+    poisoned = {a: (learners[a].x, learners[a].y) for a in clean}
+
+    def switch_attack(on: bool) -> None:
+        """Open or close the attack window: attackers lie (or not) and train on their
+        poisoned (or clean) data."""
+        for attacker in adversary.attackers if adversary else []:
+            core = cores[attacker]
+            if isinstance(core, AttackerCore):
+                core.active = on
+            if adversary and adversary.attack.kind != "model":
+                pool.set_data(attacker, *(poisoned if on else clean)[attacker])
+
     sybils = set(adversary.sybils) if adversary else set()
     for peer, core in cores.items():
         simulator.add_peer(peer, core, trains=isinstance(peer, int) and peer not in sybils)
     simulator.on_gone, simulator.on_joined = recorder.peer_gone, recorder.add_reporter
-    if config.churn:
-        joiner = _joiner(config, graph, learners, streams, cores)
-        joiner_ids: list[PeerId] = list(range(config.peers, total))
-        simulator.churn = ChurnPlan(list(config.churn), streams.churn, joiner, joiner_ids)
-        simulator.churn.initial_peers = config.peers
+    if config.timeline:
+        steps = resolve(list(config.timeline), config.peers, streams.churn)
+        simulator.timeline = TimelinePlayer(
+            steps, _rebuilder(config, graph, learners, streams, cores), switch_attack
+        )
+        simulator.keep_last_params = any(step.kind == "recover" for step in steps)
+        if any(step.kind == "attack-start" for step in steps):
+            switch_attack(False)  # the attack waits for its window
     simulator.start_all()
-    simulator.run()
+    simulator.run(until=config.duration or math.inf)
     recorder.flush()
 
     final = recorder.lines[-1] if recorder.lines else {}
@@ -347,8 +463,9 @@ def simulate(
         "messages_sent": simulator.stats.messages_sent,
         "messages_rejected": dict(simulator.stats.messages_rejected),
         "peers_alive": len(simulator.live_peers()),
-        "churn": simulator.churn.log if simulator.churn else [],
+        "timeline": simulator.timeline.log if simulator.timeline else [],
         "attack_success_rate": final.get("attack_success_rate"),
+        "attacker_weight": final.get("attacker_weight"),
         "attackers": adversary.attackers if adversary else [],
         "sybils": sorted(sybils),
         "peer_accuracy": {str(p): a for p, a in sorted(recorder.final_accuracy.items(), key=str)},

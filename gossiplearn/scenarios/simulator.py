@@ -5,8 +5,10 @@ message goes through the real wire codec: the bytes counted are the bytes a peer
 send, and a message a peer would reject is rejected here too. Training runs when it is
 asked for and its result is delivered after the simulated compute time.
 
-Peers may crash, leave or join while it runs (see :mod:`gossiplearn.scenarios.churn`): a
-crashed or departed peer processes nothing more, and messages to it are lost. A core that
+Peers may crash, recover, leave or join while it runs, and the network may split into
+groups (see :mod:`gossiplearn.scenarios.timeline`): a crashed or departed peer processes
+nothing more, messages to it (or across groups, or lost with the network's ``loss``
+probability) are lost, and a recovered peer gets nothing its earlier self had pending. A core that
 speaks more than model messages (``accepts_any_message``) gets every decoded message; any
 other core gets model messages only, and other types are counted as rejected.
 """
@@ -20,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from gossiplearn.errors import WireError
 from gossiplearn.learning.pool import TrainingPool
@@ -49,7 +53,7 @@ from gossiplearn.scenarios.network import NetworkModel
 from gossiplearn.types import Params, PeerId
 
 if TYPE_CHECKING:
-    from gossiplearn.scenarios.churn import ChurnPlan
+    from gossiplearn.scenarios.timeline import TimelinePlayer
 
 RoundCallback = Callable[[PeerId, int, Params, float], None]
 
@@ -79,6 +83,8 @@ class SimPeer:
     trains: bool = False
     alive: bool = True
     finished: bool = False
+    #: Bumped when the peer recovers: events for an earlier incarnation are dropped.
+    incarnation: int = 0
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Simulator:
         max_message_bytes: int,
         on_round: RoundCallback,
         on_log: Callable[[PeerId, Log], None] | None = None,
+        loss_rng: np.random.Generator | None = None,
     ) -> None:
         self.network = network
         self.spec = spec
@@ -110,11 +117,17 @@ class Simulator:
         self.peers: dict[PeerId, SimPeer] = {}
         self.now = 0.0
         self.stats = TrafficStats()
-        self._queue: list[tuple[float, int, PeerId, Event | _Internal]] = []
+        self._queue: list[tuple[float, int, PeerId, int, Event | _Internal]] = []
+        self.loss_rng = loss_rng
+        #: Partition: peer -> its group; peers in no group reach everyone.
+        self.group_of: dict[PeerId, int] = {}
+        #: The model of each peer's last completed round (kept for recovering peers).
+        self.keep_last_params = False
+        self.last_params: dict[PeerId, Params] = {}
         self._order = itertools.count()
-        #: The highest round any peer reported finishing (churn steps fire on it).
+        #: The highest round any peer reported finishing (timeline steps fire on it).
         self.max_round = 0
-        self.churn: ChurnPlan | None = None
+        self.timeline: TimelinePlayer | None = None
         #: Called when a peer crashes or leaves, and when one joins (with the round it
         #: joins at).
         self.on_gone: Callable[[PeerId], None] | None = None
@@ -126,7 +139,8 @@ class Simulator:
         self.network.add_peer(peer)
 
     def schedule(self, time: float, peer: PeerId, event: Event | _Internal) -> None:
-        heapq.heappush(self._queue, (time, next(self._order), peer, event))
+        incarnation = self.peers[peer].incarnation
+        heapq.heappush(self._queue, (time, next(self._order), peer, incarnation, event))
 
     def start_all(self, at: float = 0.0) -> None:
         for peer in self.peers:
@@ -135,10 +149,12 @@ class Simulator:
     def run(self, until: float = math.inf) -> None:
         """Process events in time order until none is left or virtual time passes ``until``."""
         while self._queue and self._queue[0][0] <= until:
-            time, _, peer_id, event = heapq.heappop(self._queue)
+            if self.timeline is not None:
+                self.timeline.advance(self, before=self._queue[0][0])
+            time, _, peer_id, incarnation, event = heapq.heappop(self._queue)
             self.now = time
             peer = self.peers[peer_id]
-            if not peer.alive:
+            if not peer.alive or incarnation != peer.incarnation:
                 continue
             if isinstance(event, _Delivery):
                 effects = self._deliver(peer, event)
@@ -154,10 +170,11 @@ class Simulator:
             self._apply(peer_id, peer, effects)
             if isinstance(event, Leave):
                 self._gone(peer_id)
-            if self.churn is not None:
-                self.churn.advance(self)
 
-    # ---- churn -------------------------------------------------------------------------
+    # ---- timeline ----------------------------------------------------------------------
+
+    def is_alive(self, peer: PeerId) -> bool:
+        return peer in self.peers and self.peers[peer].alive
 
     def live_peers(self) -> list[PeerId]:
         """Training peers still running, in the order they were added."""
@@ -171,9 +188,13 @@ class Simulator:
         """Ask ``peer`` to leave gracefully now; it stops once it has handled that."""
         self.schedule(self.now, peer, Leave())
 
-    def join(self, peer: PeerId, core: Core | AnyCore, introduce: Sequence[PeerId]) -> None:
-        """Start a new peer now and tell ``introduce`` about it with ``PeerUp``."""
-        self.add_peer(peer, core)
+    def start_peer(self, peer: PeerId, core: Core | AnyCore, introduce: Sequence[PeerId]) -> None:
+        """Start a new (or recovering) peer now and tell ``introduce`` about it."""
+        if peer in self.peers:  # recovering: a new incarnation of a crashed peer
+            old = self.peers[peer]
+            self.peers[peer] = SimPeer(core, old.trains, incarnation=old.incarnation + 1)
+        else:
+            self.add_peer(peer, core)
         self.schedule(self.now, peer, Start())
         for other in introduce:
             self.schedule(self.now, other, PeerUp(peer))
@@ -185,6 +206,21 @@ class Simulator:
             self.peers[peer].alive = False
             if self.on_gone is not None:
                 self.on_gone(peer)
+
+    def partition(self, groups: Sequence[Sequence[PeerId]]) -> None:
+        """Split the network into ``groups`` (none: heal it)."""
+        self.group_of = {peer: g for g, group in enumerate(groups) for peer in group}
+
+    def _reaches(self, sender: PeerId, to: PeerId) -> bool:
+        """Whether a message sent now will arrive: the receiver is up, in the sender's group
+        (if partitioned) and the message is not lost."""
+        if not self.is_alive(to):
+            return False
+        groups = self.group_of
+        if sender in groups and to in groups and groups[sender] != groups[to]:
+            return False
+        loss = self.network.settings.loss
+        return not (loss and self.loss_rng is not None and self.loss_rng.random() < loss)
 
     @property
     def all_finished(self) -> bool:
@@ -218,7 +254,7 @@ class Simulator:
                     self.stats.messages_sent += 1
                     sender = peer_id if via is None else via
                     arrival = self.network.arrival_time(self.now, sender, to, len(payload))
-                    if to in self.peers:
+                    if self._reaches(sender, to):
                         self.schedule(arrival, to, _Delivery(sender, payload))
                 case StartTraining(params=params, steps=steps, token=token):
                     if not peer.trains or not isinstance(peer_id, int):
@@ -232,6 +268,8 @@ class Simulator:
                     self.schedule(self.now + delay, peer_id, Timer(name, token))
                 case RoundDone(round=round_, params=params):
                     self.max_round = max(self.max_round, round_)
+                    if self.keep_last_params:
+                        self.last_params[peer_id] = params
                     self.on_round(peer_id, round_, params, self.now)
                 case Finished():
                     peer.finished = True

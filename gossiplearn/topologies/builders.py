@@ -14,8 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 from gossiplearn.errors import TopologyError
+
+#: How many point sets ``geometric`` draws before it lets a disconnected graph through
+#: (to be refused, with advice, by build_topology).
+GEOMETRIC_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,27 @@ def barabasi_albert(num_peers: int, seed: int, m: int) -> nx.Graph:
 def geometric(num_peers: int, seed: int, radius: float, cap: int | None = None) -> nx.Graph:
     """Peers at random points of the unit square, linked when closer than R.
 
-    With CAP, every peer keeps at most CAP links: links are visited longest first and
-    dropped while either end has too many. This is deterministic, and one pass suffices
-    because a peer left over the cap would have had every one of its links dropped.
-    Node attribute ``pos`` holds each peer's position.
+    With CAP, every peer keeps at most CAP links, without ever cutting the graph apart:
+    the links of a minimum spanning tree (shortest links first) are kept whatever the
+    cap, and the other links are visited longest first and dropped while either end has
+    too many. A Euclidean minimum spanning tree has no degree above 6, so for CAP >= 6
+    the cap always holds; below that a peer may keep more tree links than CAP. A peer
+    left over the cap has only tree links left (each other link of it was dropped when
+    visited), so one pass suffices; it is deterministic. Node attribute ``pos`` holds
+    each peer's position.
+
+    Points that come out disconnected before any capping (an isolated peer) are drawn
+    again, up to :data:`GEOMETRIC_TRIES` times, each draw seeded from ``(seed, attempt)``;
+    a seed whose first draw is connected keeps its graph.
     """
     graph = nx.random_geometric_graph(num_peers, radius, dim=2, seed=seed)
+    for attempt in range(1, GEOMETRIC_TRIES):
+        if nx.is_connected(graph):
+            break
+        redraw = int(
+            np.random.SeedSequence([seed & 0xFFFF_FFFF_FFFF_FFFF, attempt]).generate_state(1)[0]
+        )
+        graph = nx.random_geometric_graph(num_peers, radius, dim=2, seed=redraw)
     if cap is not None:
         _cap_degrees(graph, cap)
     return graph
@@ -125,11 +145,23 @@ def _cap_degrees(graph: nx.Graph, cap: int) -> None:
         (x1, y1), (x2, y2) = graph.nodes[edge[0]]["pos"], graph.nodes[edge[1]]["pos"]
         return math.hypot(x1 - x2, y1 - y2)
 
-    # Longest first; ties broken by node ids so the result never depends on set order.
-    edges = sorted((tuple(sorted(e)) for e in graph.edges), key=lambda e: (-length(e), e))
-    for u, v in edges:
-        if graph.degree[u] > cap or graph.degree[v] > cap:
+    # Ties broken by node ids so the result never depends on set order.
+    edges = sorted((tuple(sorted(e)) for e in graph.edges), key=lambda e: (length(e), e))
+    tree = _spanning_tree(graph, edges)
+    for u, v in reversed(edges):  # longest first
+        if (u, v) not in tree and (graph.degree[u] > cap or graph.degree[v] > cap):
             graph.remove_edge(u, v)
+
+
+def _spanning_tree(graph: nx.Graph, shortest_first: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Kruskal: the links of a minimum spanning forest (one tree per component)."""
+    components = nx.utils.UnionFind(graph.nodes)
+    tree = set()
+    for u, v in shortest_first:
+        if components[u] != components[v]:
+            components.union(u, v)
+            tree.add((u, v))
+    return tree
 
 
 # ---- parameter rules -----------------------------------------------------------------
@@ -155,10 +187,7 @@ def _erdos_renyi_hint(num_peers: int) -> str:
 def _geometric_hint(num_peers: int) -> str:
     # Connectivity threshold for random geometric graphs: pi r^2 n = ln(n).
     threshold = math.sqrt(math.log(num_peers) / (math.pi * num_peers))
-    return (
-        f"use a larger R (connectivity needs roughly R > sqrt(ln(N)/(pi*N)) = {threshold:.3g})"
-        " or a larger CAP"
-    )
+    return f"use a larger R (connectivity needs roughly R > sqrt(ln(N)/(pi*N)) = {threshold:.3g})"
 
 
 #: Spec name -> registry entry. Order is the order shown to users.

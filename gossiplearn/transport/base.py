@@ -26,6 +26,11 @@ class TransportError(GossiplearnError):
     """A send or dial failed (peer unreachable, timeout, stream reset)."""
 
 
+class ReceiverBusy(TransportError):
+    """The receiver refused a message for now (over its stream or byte-rate limits): the
+    peer is alive, try again later."""
+
+
 class Transport(Protocol):
     @property
     def peer_id(self) -> str:

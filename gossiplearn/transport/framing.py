@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gossiplearn.transport.base import TransportError
@@ -54,6 +54,10 @@ class FrameTooLarge(FrameError):
         self.limit = limit
 
 
+class FrameRefused(FrameError):
+    """The receiver will not take this frame now (too many streams, or over its rate)."""
+
+
 class Status(enum.IntEnum):
     """The one-byte answer a receiver sends after a frame."""
 
@@ -61,6 +65,7 @@ class Status(enum.IntEnum):
     TOO_LARGE = 1
     CORRUPT = 2
     NO_HANDLER = 3
+    BUSY = 4
 
     def describe(self) -> str:
         """A human-readable reason, for error messages on the sending side."""
@@ -72,6 +77,7 @@ _STATUS_TEXT = {
     Status.TOO_LARGE: "rejected: frame larger than the receiver's max_frame_bytes",
     Status.CORRUPT: "rejected: corrupt frame (bad magic, version or digest)",
     Status.NO_HANDLER: "rejected: no handler for this protocol on the receiver",
+    Status.BUSY: "refused: the receiver is busy (too many streams or bytes from this peer)",
 }
 
 
@@ -143,13 +149,20 @@ class FrameReader:
     ``feed(chunk)`` returns the payloads completed by that chunk (usually none or one).
     ``wanted`` tells a reader loop how many bytes complete the current header or payload,
     so it never needs to read past a frame; ``close()`` at end of stream raises if a frame
-    was cut short.
+    was cut short. ``admit(length)``, if given, is called with each announced payload
+    length before its buffer is allocated, and may refuse it by raising
+    :class:`FrameRefused`.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        admit: Callable[[int], None] | None = None,
+    ) -> None:
         if max_frame_bytes < 0:
             raise ValueError("max_frame_bytes must be >= 0")
         self.max_frame_bytes = max_frame_bytes
+        self.admit = admit
         self._header = bytearray()
         self._frame: FrameHeader | None = None
         self._buffer: bytearray | None = None
@@ -232,6 +245,8 @@ class FrameReader:
         return done
 
     def _start(self, header: FrameHeader) -> None:
+        if self.admit is not None:
+            self.admit(header.length)  # may raise FrameRefused: nothing allocated yet
         self._frame = header
         self._buffer = bytearray(header.length)
         self._view = memoryview(self._buffer)

@@ -60,16 +60,18 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from gossiplearn.errors import ConfigError
 from gossiplearn.transport._handlers import HandlerTasks
-from gossiplearn.transport.base import Handler, TransportError
+from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
 from gossiplearn.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameError,
     FrameReader,
+    FrameRefused,
     FrameTooLarge,
     Status,
     new_hasher,
     pack_header,
 )
+from gossiplearn.transport.limits import InboundLimits
 
 __all__ = ["Libp2pTransport", "generate_identity", "load_identity", "peer_id_of"]
 
@@ -219,6 +221,13 @@ class Libp2pTransport:
     ``listen`` is one multiaddr or several. Sizes are bytes, timeouts seconds:
     ``connect_timeout`` bounds a dial, ``send_timeout`` one whole send (stream opening,
     payload, acknowledgement), ``read_timeout`` each read of an inbound stream.
+
+    Inbound resource limits: at most ``max_inbound_streams`` frames are read at once
+    (others wait), at most ``max_inbound_per_peer`` of them from one peer (more are refused
+    at once), and each peer may push ``max_bytes_per_peer_per_second`` payload bytes per
+    second on average (None: unlimited), refused from the frame header, before the payload
+    is buffered. Refusals are counted by reason (:meth:`rejected_counts`); the sender gets
+    :class:`~gossiplearn.transport.base.ReceiverBusy`.
     """
 
     def __init__(
@@ -232,6 +241,8 @@ class Libp2pTransport:
         send_timeout: float = 120.0,
         read_timeout: float = 30.0,
         max_inbound_streams: int = 32,
+        max_inbound_per_peer: int = 4,
+        max_bytes_per_peer_per_second: float | None = None,
     ) -> None:
         if identity is not None and key_pair is not None:
             raise ConfigError("give either an identity file or a key_pair, not both")
@@ -254,6 +265,7 @@ class Libp2pTransport:
         self.send_timeout = send_timeout
         self.read_timeout = read_timeout
         self.max_inbound_streams = max_inbound_streams
+        self.limits = InboundLimits(max_inbound_per_peer, max_bytes_per_peer_per_second)
         self._handlers: dict[str, Handler] = {}
         self._handler_tasks = HandlerTasks()
         self._addresses: list[str] = []
@@ -340,6 +352,10 @@ class Libp2pTransport:
         if len(payload) > self.max_frame_bytes:
             raise FrameTooLarge(len(payload), self.max_frame_bytes)
         await self._call(self._trio_send, peer, protocol, payload, timeout=self.send_timeout)
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Inbound frames and streams refused so far, by reason (any thread may ask)."""
+        return self.limits.rejected_counts()
 
     def connected_peers(self) -> list[str]:
         """Peers with at least one open connection."""
@@ -606,28 +622,23 @@ class Libp2pTransport:
             raise
         except Exception as error:
             raise TransportError(f"sending to {peer} failed: {_describe(error)}") from error
+        if status is Status.BUSY:
+            raise ReceiverBusy(f"{peer} {status.describe()}")
         if status is not Status.OK:
             raise TransportError(f"{peer} {status.describe()}")
 
     async def _serve_stream(self, protocol: str, stream: INetStream) -> None:
         sender = stream.muxed_conn.peer_id.to_base58()
-        assert self._limiter is not None
-        async with self._limiter:
-            reader = FrameReader(self.max_frame_bytes)
-            try:
-                payload = await self._read_frame(stream, reader)
-            except _Aborted as error:  # e.g. the sender timed out or was cancelled
-                log.info("inbound %s stream from %s ended early: %s", protocol, sender, error)
-                await _reset(stream)
-                return
-            except FrameTooLarge as error:
-                log.warning("refused a frame from %s on %s: %s", sender, protocol, error)
-                await self._refuse(stream, Status.TOO_LARGE)
-                return
-            except FrameError as error:
-                log.warning("dropped a frame from %s on %s: %s", sender, protocol, error)
-                await self._refuse(stream, Status.CORRUPT)
-                return
+        if not self.limits.open_stream(sender):
+            log.info("refused a %s stream from %s: too many at once", protocol, sender)
+            await self._refuse(stream, Status.BUSY)
+            return
+        try:
+            payload = await self._receive_frame(protocol, sender, stream)
+        finally:
+            self.limits.close_stream(sender)
+        if payload is None:
+            return
         loop = self._loop
         assert loop is not None
         try:
@@ -638,6 +649,34 @@ class Libp2pTransport:
             return
         await _answer(stream, Status.OK)
         await _close(stream)
+
+    async def _receive_frame(self, protocol: str, sender: str, stream: INetStream) -> bytes | None:
+        """Read one frame within the limits; None if it was refused or cut short."""
+
+        def admit(length: int) -> None:
+            if not self.limits.admit_bytes(sender, length, trio.current_time()):
+                raise FrameRefused(f"{sender} is over its rate of bytes per second")
+
+        assert self._limiter is not None
+        async with self._limiter:
+            reader = FrameReader(self.max_frame_bytes, admit)
+            try:
+                return await self._read_frame(stream, reader)
+            except _Aborted as error:  # e.g. the sender timed out or was cancelled
+                log.info("inbound %s stream from %s ended early: %s", protocol, sender, error)
+                await _reset(stream)
+            except FrameRefused as error:
+                log.info("refused a frame from %s on %s: %s", sender, protocol, error)
+                await self._refuse(stream, Status.BUSY)
+            except FrameTooLarge as error:
+                self.limits.reject("FrameTooLarge")
+                log.warning("refused a frame from %s on %s: %s", sender, protocol, error)
+                await self._refuse(stream, Status.TOO_LARGE)
+            except FrameError as error:
+                self.limits.reject("CorruptFrame")
+                log.warning("dropped a frame from %s on %s: %s", sender, protocol, error)
+                await self._refuse(stream, Status.CORRUPT)
+        return None
 
     async def _read_frame(self, stream: INetStream, reader: FrameReader) -> bytes:
         while True:

@@ -1,0 +1,230 @@
+"""Bristle core: transfer learning that merges only classifier heads, by how well they do.
+
+How it works (ALGORITHMS.md §4): every layer but the output layer is a frozen pretrained
+extractor, the same on every peer, so the model a peer trains, sends and merges is the
+output layer alone (its weight and bias: ``params`` holds nothing else). Each round the
+peer trains ``local_steps`` steps from its head, keeps the trained columns of its
+*familiar* classes (those in its validation set, drawn from its local data) and restores
+the others, pushes the head to every neighbour, then waits for one model per neighbour (at
+most ``merge_timeout`` seconds) and integrates the recent heads it holds:
+:func:`~gossiplearn.aggregation.bristle.prioritise` picks at most ``candidates`` by
+distance, :func:`~gossiplearn.aggregation.bristle.integrate` weighs them per class by F1
+on the validation set.
+
+Invariants: local training never changes a foreign column (the core restores them, whatever
+the trainer did); the peer keeps the latest head of at most ``max_models`` neighbours,
+most recent first, and a neighbour that goes down loses its head; models from peers that
+are not neighbours are ignored. After ``rounds`` rounds the core emits :class:`Finished`
+and ignores all input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from gossiplearn.aggregation.bristle import (
+    BristleMerge,
+    head_matrix,
+    head_params,
+    integrate,
+    prioritise,
+)
+from gossiplearn.protocols.events import (
+    Effect,
+    Event,
+    Finished,
+    MessageReceived,
+    PeerDown,
+    PeerUp,
+    RoundDone,
+    Send,
+    SetTimer,
+    Start,
+    StartTraining,
+    Timer,
+    TrainingDone,
+)
+from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.types import Params, PeerId
+
+
+@dataclass(frozen=True)
+class BristleConfig:
+    rounds: int
+    local_steps: int
+    merge_timeout: float = 30.0
+    samples: int = 0
+    #: Explore/exploit balance of the prioritiser, and how many heads it passes on.
+    alpha: float = 0.4
+    candidates: int = 10
+    #: Classes each peer is judged on (its best ones among ours); 0: all familiar classes.
+    overlap: int = 3
+    #: Recent heads kept (one per neighbour, the latest).
+    max_models: int = 20
+    #: Subtract each column's mean after integrating (ALGORITHMS.md §4 step 4).
+    center: bool = True
+    weight: str = "head.weight"
+    bias: str | None = "head.bias"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for name in ("candidates", "max_models"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationSet:
+    """A peer's local validation samples, as extractor features [n, features] and labels."""
+
+    features: npt.NDArray[np.float32] = field(repr=False)
+    labels: npt.NDArray[np.int64]
+
+    @property
+    def familiar(self) -> list[int]:
+        return sorted(int(c) for c in np.unique(self.labels))
+
+
+def pick_validation(
+    labels: npt.NDArray[np.integer], per_class: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """Sorted indices of up to ``per_class`` random samples of each class in ``labels``."""
+    picked = [
+        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
+        for rows in (np.flatnonzero(labels == c) for c in np.unique(labels))
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
+class BristleCore:
+    """Sans-I/O Bristle for one peer."""
+
+    reports_rounds = True
+
+    def __init__(
+        self,
+        config: BristleConfig,
+        neighbours: Sequence[PeerId],
+        params: Params,
+        validation: ValidationSet,
+        rng: np.random.Generator,
+        *,
+        round: int = 0,
+    ) -> None:
+        self.config = config
+        self.neighbours = list(neighbours)
+        self.params = params
+        self.validation = validation
+        self.familiar = validation.familiar
+        self.rng = rng
+        self.round = round  # > 0 when joining a running network
+        #: Latest head of each neighbour, least recent first.
+        self.recent: OrderedDict[PeerId, Params] = OrderedDict()
+        #: Neighbours that sent a head since the last merge.
+        self.pending: set[PeerId] = set()
+        #: The last integration (weights, shares, F1s), for inspection and metrics.
+        self.last_merge: BristleMerge | None = None
+        self.training = False
+        self.waiting = False
+        self.finished = False
+        self._timer_token = 0
+
+    def handle(self, now: float, event: Event) -> list[Effect]:
+        if self.finished:
+            return []
+        match event:
+            case Start():
+                return self._train()
+            case TrainingDone(params=params):
+                return self._after_training(params)
+            case MessageReceived(sender=sender, message=message) if sender in self.neighbours:
+                self.on_model(sender, message)
+                if self.waiting and self._complete():
+                    return self._end_round()
+            case Timer(token=token) if self.waiting and token == self._timer_token:
+                return self._end_round()
+            case PeerUp(peer=peer) if peer not in self.neighbours:
+                self.neighbours.append(peer)
+            case PeerDown(peer=peer) if peer in self.neighbours:
+                self.neighbours.remove(peer)
+                self.recent.pop(peer, None)
+                self.pending.discard(peer)
+                if self.waiting and self._complete():
+                    return self._end_round()
+        return []
+
+    def on_model(self, sender: PeerId, message: ModelMessage) -> None:
+        self.recent[sender] = message.params
+        self.recent.move_to_end(sender)
+        while len(self.recent) > self.config.max_models:
+            self.recent.popitem(last=False)
+        self.pending.add(sender)
+
+    def keep_familiar(self, before: Params, trained: Params) -> Params:
+        """``trained`` with every foreign class's column put back as it was ``before``."""
+        w, b = self.config.weight, self.config.bias
+        start, end = head_matrix(before, w, b), head_matrix(trained, w, b)
+        kept = start.copy()
+        kept[:, self.familiar] = end[:, self.familiar]
+        return head_params(kept, trained, w, b)
+
+    # ---- rounds ------------------------------------------------------------------------
+
+    def _train(self) -> list[Effect]:
+        self.training = True
+        return [StartTraining(self.params, self.config.local_steps)]
+
+    def _after_training(self, params: Params) -> list[Effect]:
+        self.training = False
+        self.params = self.keep_familiar(self.params, params)
+        self.round += 1
+        message = ModelMessage(self.round, self.params, self.config.samples)
+        effects: list[Effect] = [Send(peer, message) for peer in self.neighbours]
+        if self._complete():
+            return effects + self._end_round()
+        self.waiting = True
+        self._timer_token += 1
+        effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
+        return effects
+
+    def _complete(self) -> bool:
+        return all(peer in self.pending for peer in self.neighbours)
+
+    def _end_round(self) -> list[Effect]:
+        merged = len(self.pending)
+        if self.pending and self.recent:
+            self.params = self.merge()
+        self.pending = set()
+        self.waiting = False
+        effects: list[Effect] = [RoundDone(self.round, self.params, merged)]
+        if self.round >= self.config.rounds:
+            self.finished = True
+            return [*effects, Finished()]
+        return effects + self._train()
+
+    def merge(self) -> Params:
+        """Prioritise the recent heads, integrate the chosen ones into the own head."""
+        c = self.config
+        own = head_matrix(self.params, c.weight, c.bias)
+        heads = {p: head_matrix(params, c.weight, c.bias) for p, params in self.recent.items()}
+        chosen = prioritise(own, heads, self.rng, alpha=c.alpha, candidates=c.candidates)
+        result = integrate(
+            own,
+            {p: heads[p] for p in chosen},
+            self.validation.features,
+            self.validation.labels,
+            bias=c.bias is not None,
+            overlap=c.overlap,
+            center=c.center,
+        )
+        result.shares = {p: result.shares.get(p, 0.0) for p in heads}
+        self.last_merge = result
+        return head_params(result.matrix, self.params, c.weight, c.bias)
