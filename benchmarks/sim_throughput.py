@@ -47,6 +47,11 @@ RESULTS = Path(__file__).parent / "results"
 MODEL = "cnn"
 BATCH = 32  # the default RunConfig.batch_size; 600 = 18x32 + 24 and 60 = 32 + 28
 SHARDS = {100: 600, 1000: 60}  # peers -> samples per peer (60,000 training samples in all)
+#: The end-to-end run of issue #7: 1,000 peers x 60 samples (IID), gossip with vc.
+E2E: dict[str, Any] = dict(
+    dataset="fashion-mnist", model=MODEL, batch_size=BATCH, topology="regular:4",
+    aggregator="vc", engine="batched", eval_samples=500,
+)  # fmt: skip
 WARMUP_PEERS = 10  # one round on these first: allocator and oneDNN primitive caches
 
 
@@ -160,6 +165,73 @@ def _simulation(kind: str, rounds: int, threads: int) -> dict[str, Any]:
     if jobs:
         out["jobs_per_flush"] = jobs[0].jobs_run / max(1, jobs[0].flushes)
     return out
+
+
+class _Breakdown:
+    """Exclusive wall seconds per part of a simulation: a part that runs inside another
+    (a training flush forced while a message is encoded, a deferred merge run inside a
+    flush) counts for itself only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [start, seconds of nested parts]
+
+    def timed(self, part: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append([time.perf_counter(), 0.0])
+            try:
+                return function(*args, **kwargs)
+            finally:
+                start, nested = self._stack.pop()
+                spent = time.perf_counter() - start
+                self.seconds[part] = self.seconds.get(part, 0.0) + spent - nested
+                if self._stack:
+                    self._stack[-1][1] += spent
+
+        return call
+
+
+def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[str, Any]:
+    """A whole gossip + vc run with the batched engine, timed part by part."""
+    import gossiplearn.aggregation as aggregation
+    import gossiplearn.scenarios.run as run_module
+    import gossiplearn.scenarios.simulator as simulator_module
+    from gossiplearn import make_config, simulate
+    from gossiplearn.learning.trainer import Evaluator
+
+    parts = _Breakdown()
+    aggregation.AGGREGATORS["vc"] = parts.timed("merge", aggregation.AGGREGATORS["vc"])
+    for name in ("encode", "decode_message"):
+        setattr(simulator_module, name, parts.timed("codec", getattr(simulator_module, name)))
+    setattr(Evaluator, "accuracy", parts.timed("eval", Evaluator.accuracy))  # noqa: B010
+    pools: list[BatchedPool] = []
+
+    def batched(learners: list[Learner]) -> BatchedPool:
+        pools.append(BatchedPool(learners))
+        setattr(pools[-1], "flush", parts.timed("train", pools[-1].flush))  # noqa: B010
+        return pools[-1]
+
+    setattr(run_module, "BatchedPool", batched)  # noqa: B010 (patches the import)
+    config = make_config(**E2E, peers=peers, rounds=rounds, eval_every=eval_every, threads=threads)
+    cpu = time.process_time()
+    result = simulate(config)
+    summary = result.summary
+    wall = summary["wall_seconds"]
+    seconds = {part: round(value, 2) for part, value in sorted(parts.seconds.items())}
+    seconds["other"] = round(wall - sum(parts.seconds.values()), 2)
+    return {
+        "peers": peers,
+        "samples_per_peer": summary["train_samples"] // peers,
+        "rounds": summary["rounds"],
+        "eval_every": eval_every,
+        "wall_s": wall,
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "seconds": seconds,
+        "train_samples_per_s": summary["train_samples"] * rounds / wall,
+        "jobs_per_flush": pools[0].jobs_run / max(1, pools[0].flushes),
+        "mean_accuracy": summary["mean_accuracy"],
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _isolated(function: Any, *args: Any) -> dict[str, Any]:

@@ -12,13 +12,15 @@ minute and the slope of a line fitted to it (flat, not growing), and messages re
     python benchmarks/soak.py --quick    # about 90 seconds
 
 The peer processes run at a lower CPU priority (nice), so that other work on the machine
-is served first; rounds completed therefore depend on how busy the machine is.
+is served first (``--cpus N`` also pins them to N CPUs once started); rounds completed
+therefore depend on how busy the machine is.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -73,6 +75,15 @@ def rejected_in_logs(folder: Path) -> int:
     return sum(1 for line in path.read_text(errors="replace").splitlines() if "rejected a" in line)
 
 
+def pin(pid: int, cpus: int) -> None:
+    """Keep process ``pid`` on the last ``cpus`` CPUs of the machine (0: anywhere)."""
+    available = sorted(os.sched_getaffinity(0))
+    if cpus <= 0 or cpus >= len(available):
+        return
+    with contextlib.suppress(OSError):  # it may have exited already
+        os.sched_setaffinity(pid, available[-cpus:])
+
+
 def slope_per_minute(times: list[float], values: list[float]) -> float:
     """Least-squares slope of ``values`` over ``times`` (seconds), in units per minute."""
     if len(times) < 2:
@@ -97,9 +108,29 @@ async def soak(args: argparse.Namespace, out: Path, console: Console) -> dict[st
     kills: list[dict[str, Any]] = []
     lives = [0] * args.peers
     await launcher.start()
+    for peer in launcher.peers:
+        pin(peer.process.pid, args.cpus)
     started = time.monotonic()
     next_kill = started + args.kill_every
     next_sample = started
+    restarts: set[asyncio.Task[None]] = set()
+
+    async def restart(index: int, kill: dict[str, Any]) -> None:
+        launcher.kill(index, signal.SIGKILL)
+        await launcher.peers[index].process.wait()
+        await asyncio.sleep(args.downtime)
+        spawned = time.monotonic()
+        await launcher.spawn(index)
+        lives[index] += 1
+        try:
+            await asyncio.wait_for(launcher.peers[index].address, args.start_timeout)
+        except Exception as error:  # a timeout or a LaunchError: recorded, the run goes on
+            kill["restart_error"] = f"{type(error).__name__}: {error}"[:300]
+            console.print(f"peer {index} did not come back: {kill['restart_error']}")
+            return
+        pin(launcher.peers[index].process.pid, args.cpus)
+        kill["seconds_to_listen"] = round(time.monotonic() - spawned, 1)
+
     try:
         while (now := time.monotonic()) < started + args.duration:
             if now >= next_sample:
@@ -111,15 +142,11 @@ async def soak(args: argparse.Namespace, out: Path, console: Console) -> dict[st
                              "life": lives[peer.index]}
                         )  # fmt: skip
                 next_sample += args.sample_every
+            settled = {"seconds_to_listen", "restart_error"}
+            busy = {k["peer"] for k in kills if not settled & k.keys()}  # still restarting
             if now >= next_kill and now + args.downtime + 5 < started + args.duration:
-                index = rng.randrange(args.peers)
+                index = rng.choice([i for i in range(args.peers) if i not in busy])
                 before = rounds_of(launcher.peers[index].folder)
-                launcher.kill(index, signal.SIGKILL)
-                await launcher.peers[index].process.wait()
-                await asyncio.sleep(args.downtime)
-                await launcher.spawn(index)
-                lives[index] += 1
-                await asyncio.wait_for(launcher.peers[index].address, 60)
                 kill = {
                     "t": round(now - started, 1),
                     "peer": index,
@@ -129,10 +156,14 @@ async def soak(args: argparse.Namespace, out: Path, console: Console) -> dict[st
                 kills.append(kill)
                 console.print(
                     f"[{kill['t']:>6.0f} s] SIGKILL peer {index} at round "
-                    f"{kill['round_at_kill']}; restarted"
+                    f"{kill['round_at_kill']}; restarting"
                 )
+                task = asyncio.create_task(restart(index, kill))
+                restarts.add(task)
+                task.add_done_callback(restarts.discard)
                 next_kill += args.kill_every
             await asyncio.sleep(0.2)
+        await asyncio.gather(*restarts, return_exceptions=True)
     finally:
         await launcher.stop()
     summary = launcher.gather()
@@ -160,8 +191,12 @@ def analyse(
         for s in mine:
             by_life.setdefault(s["life"], []).append(s)
         longest = max(by_life.values(), key=lambda life: life[-1]["t"] - life[0]["t"])
-        # Skip the first 30 s of a life: imports and the first rounds grow it on purpose.
-        settled = [s for s in longest if s["t"] - longest[0]["t"] >= 30] or longest
+        # Skip the first minute of a life: imports and the first rounds grow it on purpose.
+        settled = [s for s in longest if s["t"] - longest[0]["t"] >= 60]
+        slope = None
+        if len(settled) >= 2 and settled[-1]["t"] - settled[0]["t"] >= args.window:
+            times = [s["t"] for s in settled]
+            slope = round(slope_per_minute(times, [s["rss_mb"] for s in settled]), 3)
         rounds = rounds_of(peer.folder)
         peers.append(
             {
@@ -173,9 +208,7 @@ def analyse(
                 "peak_rss_mb_per_window": peaks,
                 "peak_rss_mb": round(max(s["rss_mb"] for s in mine), 1),
                 "longest_life_s": round(longest[-1]["t"] - longest[0]["t"], 1),
-                "rss_slope_mb_per_min": round(
-                    slope_per_minute([s["t"] for s in settled], [s["rss_mb"] for s in settled]), 3
-                ),
+                "rss_slope_mb_per_min": slope,
             }
         )
     for kill in kills:
@@ -185,12 +218,13 @@ def analyse(
         kill["first_round_after"] = after[0] if after else None
         kill["resumed"] = bool(after) and (kill["round_at_kill"] < 2 or after[0] > 1)
         kill["survived"] = bool(after) and max(after) > kill["round_at_kill"]
+        kill["restarted"] = "seconds_to_listen" in kill
     window_peaks = [
         [p["peak_rss_mb_per_window"][m] for p in peers if p["peak_rss_mb_per_window"][m]]
         for m in range(len(peers[0]["peak_rss_mb_per_window"]))
     ]
     mean_peaks = [float(np.mean(w)) if w else None for w in window_peaks]
-    points = [(m, v) for m, v in enumerate(mean_peaks) if v is not None]
+    slopes = [p["rss_slope_mb_per_min"] for p in peers if p["rss_slope_mb_per_min"] is not None]
     return {
         "settings": {
             "peers": args.peers,
@@ -214,10 +248,10 @@ def analyse(
         "messages_rejected_at_end": summary.get("messages_rejected", {}),
         "mean_accuracy_at_end": summary.get("mean_accuracy"),
         "mean_peak_rss_mb_per_window": [None if v is None else round(v, 1) for v in mean_peaks],
-        "rss_slope_mb_per_min_mean_peak": round(
-            slope_per_minute([m * args.window for m, _ in points], [v for _, v in points]), 3
-        ),
-        "rss_slope_mb_per_min_longest_lives": [p["rss_slope_mb_per_min"] for p in peers],
+        # A leak shows as growth within a life (a restart resets the RSS): the median over
+        # peers of the slope over each one's longest life, its first minute left out.
+        "rss_slope_mb_per_min_median": round(float(np.median(slopes)), 3) if slopes else None,
+        "rss_slope_mb_per_min_max": round(max(slopes), 3) if slopes else None,
         "peers": peers,
         "kills": kills,
         "samples": samples,
@@ -232,8 +266,8 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
         f"(per peer {result['min_round']}..{result['max_round']}); restarts survived "
         f"{result['restarts_survived']}/{result['restarts']} (resumed from checkpoint: "
         f"{result['restarts_resumed']}); messages rejected {result['messages_rejected_logged']}; "
-        f"RSS slope of the mean per-window peak {result['rss_slope_mb_per_min_mean_peak']:+.2f} "
-        "MB/min"
+        f"RSS slope within a life: median {_signed(result['rss_slope_mb_per_min_median'])}, "
+        f"max {_signed(result['rss_slope_mb_per_min_max'])} MB/min"
     )
     table = Table("peer", "restarts", "max round", "peak RSS MB", "RSS per window (first → last)",
                   "slope MB/min (longest life)", "rejected")  # fmt: skip
@@ -245,10 +279,14 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
             str(p["max_round"]),
             f"{p['peak_rss_mb']:.0f}",
             f"{windows[0]:.0f} → {windows[-1]:.0f}" if windows else "-",
-            f"{p['rss_slope_mb_per_min']:+.2f} ({p['longest_life_s'] / 60:.1f} min)",
+            f"{_signed(p['rss_slope_mb_per_min'])} ({p['longest_life_s'] / 60:.1f} min)",
             str(p["rejected_logged"]),
         )
     console.print(table)
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -289,10 +327,12 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, help="seconds (default 60; quick 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nice", type=int, default=10, help="CPU niceness of the peers")
+    parser.add_argument("--cpus", type=int, default=0, help="pin the peers to N CPUs (0: all)")
     args = parser.parse_args()
     args.duration = args.duration or (90.0 if args.quick else 1200.0)
     args.kill_every = args.kill_every or (20.0 if args.quick else 60.0)
     args.downtime = 3.0
+    args.start_timeout = 300.0
     args.sample_every = 2.0 if args.quick else 5.0
     args.window = 15.0 if args.quick else 60.0
     os.nice(args.nice)  # inherited by every peer process

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad usage or invalid configuration, 1 a failure during 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import tomllib
@@ -95,6 +96,11 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add("--local-epochs", type=float, help="local epochs per round (default 1)")
     add("--local-steps", type=int, help="local SGD steps per round (overrides --local-epochs)")
     add("--eval-every", type=int, help="evaluate every N rounds (default 1)")
+    add(
+        "--min-round-seconds",
+        type=float,
+        help="real peers: a round lasts at least this long (a gossip period; default none)",
+    )
     add("--max-message-mb", type=float, help="largest model message accepted (default 64)")
     add("--threads", type=int, help="torch CPU threads per process (default 1)")
 
@@ -172,7 +178,15 @@ def _load_scenario(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
+        if path.suffix == ".json":  # e.g. the resolved scenario launch writes for its peers
+            values = json.loads(text)
+            if not isinstance(values, dict):
+                raise ConfigError(f"scenario file {path} must hold a JSON object")
+            return values
+        return tomllib.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"scenario file {path} is not valid JSON: {error}") from None
     except FileNotFoundError:
         raise ConfigError(f"scenario file {path} not found") from None
     except tomllib.TOMLDecodeError as error:
@@ -324,19 +338,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from gossiplearn.launcher import Launcher
 
     config = _config_from(args)
-    if config.protocol not in ("gossip", "modest"):
-        raise ConfigError(
-            f"launch runs --protocol gossip or modest; {config.protocol!r} runs in simulate"
-        )
-    if config.churn or config.attack:
-        raise ConfigError("launch does not play churn or attacks yet; use simulate")
-    if config.aggregator in ("sybilwall", "bristle"):
-        raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
     out = args.out or _default_out(config)
+    launcher = Launcher(config, out)  # checks what real processes can play
     console.print(f"launching {config.peers} peer processes · {run_title(config.model_dump())}")
 
     async def run() -> dict[str, Any]:
-        launcher = Launcher(config, out)
         try:
             await launcher.start()
             console.print(f"all {config.peers} peers listening; logs in {out}/peer-*/output.log")
@@ -366,7 +372,11 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from gossiplearn.peer.standalone import PeerOptions, parse_partition_index, run_peer
 
     setup_logging(args.log_level, args.log_format)
-    values = _flag_values(args, _PEER_ONLY)
+    if args.scenario is not None:
+        return asyncio.run(run_peer(_scenario_role(args)))
+    if args.index is not None:
+        raise ConfigError("--index picks a role of a scenario: give --scenario FILE too")
+    values = _flag_values(args, _PEER_ONLY | _SCENARIO_ROLE)
     config = validated(PeerConfig, "options", values)
     index, total = parse_partition_index(args.partition_index)
     options = PeerOptions(
@@ -410,6 +420,55 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     console.print(f"wrote {args.out}")
     return 0
+
+
+_SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
+_PEER_SETTINGS = ("neighbours", "exchange_interval", "min_neighbours", "start_timeout")
+
+
+def _scenario_role(args: argparse.Namespace) -> Any:
+    """PeerOptions for role ``--index`` of ``--scenario`` (flags override the file)."""
+    from gossiplearn.config import RunConfig, make_config, validated
+    from gossiplearn.peer.config import PeerConfig
+    from gossiplearn.peer.scenario import own_steps, peer_config, read_roster
+    from gossiplearn.peer.standalone import PeerOptions
+    from gossiplearn.scenarios.run import planned_attackers
+
+    if args.attack is not None:
+        raise ConfigError("--attack: a scenario's peer attacks if the scenario says so")
+    values = _load_scenario(args.scenario)
+    flags = {k: v for k, v in _flag_values(args, set()).items() if k in RunConfig.model_fields}
+    config = make_config(f"scenario {args.scenario}", **(values | flags))
+    total = config.peers + config.joining_peers()
+    if args.index is None or not 0 <= args.index < total:
+        raise ConfigError(f"--index must be one of the scenario's peers: 0..{total - 1}")
+    attackers = planned_attackers(config)
+    settings = peer_config(config, args.index, attackers)
+    own = {k: getattr(args, k) for k in _PEER_SETTINGS if getattr(args, k) is not None}
+    if own:
+        settings = validated(PeerConfig, "options", settings.model_dump() | own)
+    return PeerOptions(
+        config=settings,
+        listen=args.listen,
+        bootstrap=args.bootstrap,
+        identity=args.identity,
+        state_dir=args.state_dir,
+        out=args.out,
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        partition=config.partition,
+        index=args.index,
+        of=total,
+        model=config.model,
+        shared_init=config.shared_init,
+        threads=config.threads,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        scenario=config,
+        timeline=own_steps(config, args.index, attackers),
+        roster=read_roster(args.roster),
+        clock_origin=args.clock_origin if args.clock_origin is not None else time.time(),
+    )
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -467,6 +526,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     add("--protocol", choices=["gossip", "modest"], help="gossip (default) or modest")
     add("--attack", help="make this peer attack, to test your network: see simulate --help")
+    add("--scenario", type=Path, help="play role --index of this scenario (TOML or JSON)")
+    add("--index", type=int, help="with --scenario: which of its peers this is (from 0)")
+    add(
+        "--roster",
+        type=Path,
+        help="with --scenario: JSON list of each index's peer id (for partition events)",
+    )
+    add(
+        "--clock-origin",
+        type=float,
+        help="with --scenario: UNIX time its at_time events count from (default: start)",
+    )
     _peer_options(peer)
     _modest_options(peer)
     peer.set_defaults(handler=cmd_peer)

@@ -97,6 +97,9 @@ class LearningConfig(BaseModel):
     inactivity_threshold: int = Field(50, ge=1)
     aggregation_timeout: float = Field(10.0, gt=0)
     eval_every: int = Field(1, ge=1)
+    #: Real peers: a round's training lasts at least this many seconds (a gossip period,
+    #: bounding traffic); the simulator's rounds take their modelled compute time.
+    min_round_seconds: float | None = Field(None, gt=0)
     max_message_mb: float = Field(64.0, gt=0)
     seed: int = 0
 

@@ -1,10 +1,15 @@
 """``gossiplearn launch``: N real peer processes on 127.0.0.1, wired by a topology.
 
-Identities and ports are chosen before any process starts, so every peer is started at
-once with the full multiaddrs of its topology neighbours to bootstrap from. Each process
-writes its own ``peer-i/`` folder (identity, checkpoints, metrics, output);
-:meth:`Launcher.gather` merges them into the ``summary.json`` / ``metrics.jsonl`` /
-``accuracy.png`` that ``simulate`` writes.
+Identities and ports are chosen before any process starts (for the joining peers too), so
+every peer is started at once with the full multiaddrs of its topology neighbours to
+bootstrap from. Each process plays its role of the scenario (``peer --scenario
+OUT/scenario.json --index I``): its data shard, whether it attacks, and its own timeline
+events (crash, leave, attack windows, partitions). The launcher does the events that are
+process starts: ``join`` starts new peers and ``recover`` restarts crashed ones (same
+identity and state dir: they resume from their checkpoint), when the network reaches the
+event's round or time. Each process writes its own ``peer-i/`` folder (identity,
+checkpoints, metrics, output); :meth:`Launcher.gather` merges them into the
+``summary.json`` / ``metrics.jsonl`` / ``accuracy.png`` that ``simulate`` writes.
 """
 
 from __future__ import annotations
@@ -23,19 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossiplearn.config import RunConfig
-from gossiplearn.errors import GossiplearnError
+import numpy as np
+
+from gossiplearn.config import CORE_AGGREGATORS, RunConfig, topology_seed
+from gossiplearn.errors import ConfigError, GossiplearnError
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.topologies import build_topology
 
 LISTENING = "listening on "
-_PASSED = (
-    "aggregator", "beta", "vc_target", "push", "buffer_size", "merge_timeout", "lr",
-    "momentum", "weight_decay", "batch_size", "local_epochs", "local_steps", "eval_every",
-    "max_message_mb", "seed", "rounds", "dataset", "data_dir", "partition", "model", "threads",
-    "protocol", "sample_size", "aggregators", "success_fraction", "ping_timeout",
-    "inactivity_threshold", "aggregation_timeout",
-)  # fmt: skip
+TIMELINE = "timeline: "
 
 
 class LaunchError(GossiplearnError):
@@ -56,68 +57,80 @@ class Launcher:
     """Starts, watches and stops the peer processes of one local network."""
 
     def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 60.0) -> None:
+        if config.protocol not in ("gossip", "modest"):
+            raise ConfigError(
+                f"launch runs protocol gossip or modest; {config.protocol!r} runs in simulate"
+            )
+        if config.aggregator in CORE_AGGREGATORS:
+            raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
+        if config.protocol == "modest" and config.joining_peers():
+            raise ConfigError("timeline: peers join real runs with protocol gossip only")
         self.config = config
         self.out = out
         self.start_timeout = start_timeout
-        self.graph = build_topology(config.topology, config.peers, config.seed)
+        self.graph = build_topology(config.topology, config.peers, topology_seed(config.seed))
+        self.total = config.peers + config.joining_peers()
+        self.steps = [s for s in config.resolved_timeline() if s.kind in ("join", "recover")]
+        self.timeline_log: list[dict[str, Any]] = []
+        self._rng = np.random.default_rng(config.seed)  # bootstrap peers of joiners
+        self._joiner_bootstrap: dict[int, list[int]] = {}
         self.peers: list[PeerProcess] = []
         self.addresses: list[str] = []
         self.started = 0.0
+        self.clock_origin = 0.0
 
     def peer_args(self, index: int, bootstrap: list[str]) -> list[str]:
-        args = ["peer", "--partition-index", f"{index}/{self.config.peers}"]
-        args += [
-            "--out",
-            str(self.out / f"peer-{index}"),
-            "--state-dir",
-            str(self.out / f"peer-{index}" / "state"),
-        ]
-        values = self.config.model_dump()
-        for name in _PASSED:
-            if values[name] is not None:
-                args += [f"--{name.replace('_', '-')}", str(values[name])]
-        for key, value in self.config.aggregator_params.items():
-            args += ["--aggregator-param", f"{key}={value}"]
-        if self.config.shared_init:
-            args.append("--shared-init")
-        if not self.config.wait_for_buffer:
-            args.append("--no-wait")
-        degree = max(d for _, d in self.graph.degree())
-        args += ["--neighbours", str(degree)]
+        folder = self.out / f"peer-{index}"
+        args = ["peer", "--scenario", str(self.out / "scenario.json"), "--index", str(index)]
+        args += ["--roster", str(self.out / "roster.json")]
+        args += ["--clock-origin", repr(self.clock_origin)]
+        args += ["--out", str(folder), "--state-dir", str(folder / "state")]
         for address in bootstrap:
             args += ["--bootstrap", address]
         return args
 
     async def start(self) -> None:
-        """Start every peer at once. Identities and ports are chosen up front, so each
-        peer can be given all its topology neighbours' full multiaddrs to bootstrap from."""
+        """Start every initial peer at once. Identities and ports are chosen up front, so
+        each peer can be given all its topology neighbours' full multiaddrs."""
         from gossiplearn.transport.libp2p import generate_identity
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
-        addresses = []
-        for index, port in enumerate(_free_ports(self.config.peers)):
+        self.clock_origin = time.time()
+        scenario = self.config.model_dump(mode="json")
+        (self.out / "scenario.json").write_text(json.dumps(scenario, indent=2) + "\n")
+        addresses, ids = [], []
+        for index, port in enumerate(_free_ports(self.total)):
             folder = self.out / f"peer-{index}"
             folder.mkdir(parents=True, exist_ok=True)
             key = folder / "identity.key"
             key.unlink(missing_ok=True)
-            peer_id = generate_identity(key)
-            addresses.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}")
+            ids.append(generate_identity(key))
+            addresses.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{ids[-1]}")
+        (self.out / "roster.json").write_text(json.dumps(ids) + "\n")
         self.addresses = addresses
         for index in range(self.config.peers):
             await self.spawn(index)
         for peer in self.peers:
             await self._address(peer.index)
 
+    def _bootstrap(self, index: int) -> list[str]:
+        if self.config.protocol == "modest":  # every peer needs the whole membership
+            return [a for j, a in enumerate(self.addresses[: self.config.peers]) if j != index]
+        if index < self.config.peers:
+            return [self.addresses[j] for j in sorted(self.graph.neighbors(index))]
+        if index not in self._joiner_bootstrap:  # as many running peers as the mean degree
+            degree = max(1, round(2 * self.graph.number_of_edges() / self.config.peers))
+            running = [p.index for p in self.peers if p.process.returncode is None]
+            picks = self._rng.choice(len(running), size=min(degree, len(running)), replace=False)
+            self._joiner_bootstrap[index] = sorted(running[int(j)] for j in picks)
+        return [self.addresses[j] for j in self._joiner_bootstrap[index]]
+
     async def spawn(self, index: int) -> None:
         """Start (or restart, with the same identity and state) the process of peer ``index``."""
         folder = self.out / f"peer-{index}"
-        if self.config.protocol == "modest":  # every peer needs the whole membership
-            bootstrap = [a for j, a in enumerate(self.addresses) if j != index]
-        else:
-            bootstrap = [self.addresses[j] for j in sorted(self.graph.neighbors(index))]
         listen = self.addresses[index].split("/p2p/")[0]
-        args = [*self.peer_args(index, bootstrap), "--listen", listen]
+        args = [*self.peer_args(index, self._bootstrap(index)), "--listen", listen]
         args += ["--identity", str(folder / "identity.key")]
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         process = await asyncio.create_subprocess_exec(
@@ -128,8 +141,10 @@ class Launcher:
         peer.reader = asyncio.create_task(self._read_output(peer))
         if index < len(self.peers):
             self.peers[index] = peer
-        else:
+        elif index == len(self.peers):
             self.peers.append(peer)
+        else:
+            raise LaunchError(f"peer {index} started before peer {len(self.peers)}")
 
     async def _read_output(self, peer: PeerProcess) -> None:
         """Copy the peer's output to peer-i/output.log and pick out its address."""
@@ -173,19 +188,52 @@ class Launcher:
         return True
 
     async def wait_done(self, timeout: float) -> bool:
-        """Wait until the run is over: every gossip peer has exited; for MoDeST, where only
-        the last round's aggregators finish, until some peer reported the last round."""
-        if self.config.protocol != "modest":
-            return await self.wait(timeout)
+        """Play the timeline's joins and recoveries and wait until the run is over: every
+        gossip peer has exited with no start left to do; for MoDeST, where only the last
+        round's aggregators finish, until some peer reported the last round."""
         try:
             async with asyncio.timeout(timeout):
-                while self.last_round() < self.config.rounds:
-                    if all(p.process.returncode is not None for p in self.peers):
-                        return False
+                while not self._over():
+                    await self._start_due()
                     await asyncio.sleep(0.2)
         except TimeoutError:
             return False
-        return True
+        return self.config.protocol != "modest" or self.last_round() >= self.config.rounds
+
+    def _over(self) -> bool:
+        if self.config.protocol == "modest" and self.last_round() >= self.config.rounds:
+            return True
+        exited = all(p.process.returncode is not None for p in self.peers)
+        return exited and (not self.steps or self.steps[0].at_round is not None)
+
+    async def _start_due(self) -> None:
+        """Start the peers of every join/recover step that is due."""
+        while self.steps:
+            step = self.steps[0]
+            if step.at_round is not None and step.at_round > self.last_round():
+                return
+            if step.at_time is not None and step.at_time > time.time() - self.clock_origin:
+                return
+            self.steps.pop(0)
+            started = []
+            for index in step.peers:
+                alive = index < len(self.peers) and self.peers[index].process.returncode is None
+                if not alive:
+                    await self.spawn(index)
+                    started.append(index)
+            entry = step.log() | {"peers": started, "round": self.last_round()}
+            self.timeline_log.append(entry | {"time": round(time.monotonic() - self.started, 3)})
+
+    def _timeline(self) -> list[dict[str, Any]]:
+        """What happened: the launcher's starts, and each event the peers carried out
+        themselves (merged per event)."""
+        done: dict[str, dict[str, Any]] = {}
+        for peer in self.peers:
+            for text in _timeline_lines(peer.folder):
+                entry = done.setdefault(text, {"event": text, "peers": []})
+                if peer.index not in entry["peers"]:
+                    entry["peers"].append(peer.index)
+        return [*self.timeline_log, *done.values()]
 
     def last_round(self) -> int:
         """The highest round any peer has reported so far."""
@@ -230,6 +278,7 @@ class Launcher:
             "messages_rejected": _sum_counters(f.get("rejected", {}) for f in finals),
             "peers_finished": sum(1 for f in finals if f.get("finished")),
             "peers_killed": [p.index for p in self.peers if p.killed],
+            "timeline": self._timeline(),
             "wall_seconds": round(time.monotonic() - self.started, 3),
             "seed": self.config.seed,
             "config": self.config.model_dump(mode="json") | {"driver": "launch"},
@@ -238,6 +287,18 @@ class Launcher:
         if metrics:
             plot_accuracy(self.out, [("", metrics)], run_title(summary["config"]) + " · launch")
         return summary
+
+
+def _timeline_lines(folder: Path) -> list[str]:
+    """The timeline events a peer process carried out itself (from its output)."""
+    path = folder / "output.log"
+    if not path.is_file():
+        return []
+    return [
+        line.removeprefix(TIMELINE).strip()
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith(TIMELINE)
+    ]
 
 
 def _last_round(folder: Path) -> int:

@@ -214,6 +214,13 @@ class _Twin:
         self.compared += expected is not None
         return expected
 
+    def claim(self, ticket: int) -> Params | None:
+        self.most_pending = max(self.most_pending, self.batched.pending)
+        expected = self.sequential.claim(ticket)
+        _assert_same(expected, self.batched.claim(self.tickets.pop(ticket)))
+        self.compared += expected is not None
+        return expected
+
 
 SIM: dict[str, Any] = dict(
     peers=8, rounds=4, topology="regular:3", dataset="digits", batch_size=16, seed=5

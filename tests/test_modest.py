@@ -642,7 +642,7 @@ def _activity(*rows: tuple[int, int, int]) -> bytes:
     ("changes", "error", "match"),
     [
         ({"extra": 1}, MalformedMessage, "keys are"),
-        ({"version": 2}, MalformedMessage, "version 2"),
+        ({"version": 3}, MalformedMessage, "version 3"),
         ({"kind": 2}, MalformedMessage, "model kind"),
         ({"kind": True}, MalformedMessage, "kind must be an int"),
         ({"round": -1}, MalformedMessage, "round must be >= 0"),
@@ -707,7 +707,12 @@ def test_views_over_the_record_limit_are_rejected() -> None:
     [
         (_pack({"type": 10, "version": 1, "round": 1}), "keys are"),
         (_pack({"type": 11, "version": 1, "round": 1, "nonce": -1}), "nonce must be >= 0"),
-        (_pack({"type": 13, "version": 1, "round": 1, "index": 1, "status": 3}), "status"),
+        (
+            _pack(
+                {"type": 13, "version": 2, "round": 1, "index": 1, "status": 3, "signature": b""}
+            ),
+            "status",
+        ),
         (_pack({"type": 99, "version": 1}), "unknown message type id 99"),
         (_pack([10, 1, 1, 1]), "expected a msgpack map"),
     ],
@@ -765,18 +770,22 @@ _values = st.recursive(
     st.sampled_from([10, 11, 12, 13]),
     st.dictionaries(
         st.sampled_from(["round", "nonce", "kind", "samples", "tensors", "peers", "activity",
-                         "index", "status"]),
+                         "index", "status", "signatures", "signature"]),
         _values,
     ),
 )  # fmt: skip
 def test_arbitrary_fields_only_raise_wire_errors(type_id: int, fields: dict[str, Any]) -> None:
-    _decode_or_wire_error(_pack({"type": type_id, "version": 1, **fields}))
+    version = {10: 1, 11: 1, 12: 2, 13: 2}[type_id]
+    _decode_or_wire_error(_pack({"type": type_id, "version": version, **fields}))
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=200), st.binary(max_size=200))
-def test_arbitrary_view_columns_only_raise_wire_errors(peers: bytes, activity: bytes) -> None:
-    _decode_or_wire_error(_pack(_fields(VALID_MODEL) | {"peers": peers, "activity": activity}))
+@given(st.binary(max_size=200), st.binary(max_size=200), st.binary(max_size=300))
+def test_arbitrary_view_columns_only_raise_wire_errors(
+    peers: bytes, activity: bytes, signatures: bytes
+) -> None:
+    columns = {"peers": peers, "activity": activity, "signatures": signatures}
+    _decode_or_wire_error(_pack(_fields(VALID_MODEL) | columns))
 
 
 @settings(max_examples=200, deadline=None)

@@ -261,7 +261,9 @@ def _wire(**changes: Any) -> bytes:
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"distance": 0}, MalformedMessage),
+        ({"signature": b"x" * 63}, MalformedMessage),
+        ({"signature": "x" * 64}, MalformedMessage),
+        ({"signature": None}, MalformedMessage),
         ({"distance": MAX_DISTANCE + 1}, MalformedMessage),
         ({"distance": -1}, MalformedMessage),
         ({"round": True}, MalformedMessage),
@@ -274,7 +276,7 @@ def _wire(**changes: Any) -> bytes:
         ({"origin": [1]}, MalformedMessage),
         ({"origin": None}, MalformedMessage),
         ({"extra": 1}, MalformedMessage),
-        ({"version": 2}, MalformedMessage),
+        ({"version": 1}, MalformedMessage),
         ({"tensors": [["w", "<f4", [2], b"\0" * 8]]}, ModelMismatch),
         ({"tensors": [["w", "<f8", [3], b"\0" * 24]]}, ModelMismatch),
         (
@@ -290,7 +292,7 @@ def test_malformed_history_records_are_rejected(changes: dict[str, Any], error: 
 
 
 def test_history_record_checks_its_fields_at_the_sender() -> None:
-    for bad in [dict(distance=0), dict(round=-1), dict(origin=""), dict(origin=True)]:
+    for bad in [dict(distance=-1), dict(round=-1), dict(origin=""), dict(origin=True)]:
         fields: dict[str, Any] = dict(round=1, origin=3, distance=1) | bad
         with pytest.raises(ValueError):
             HistoryRecord(params=vec(1, 2, 3), **fields)

@@ -38,6 +38,7 @@ keeps its own momentum buffers across jobs.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 from collections import Counter
@@ -52,8 +53,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from gossiplearn.errors import ModelError
-from gossiplearn.learning.pool import Ticket
+from gossiplearn.learning.pool import DeferredParams, Ticket
 from gossiplearn.learning.trainer import Learner
+from gossiplearn.protocols.messages import ModelSpec
 from gossiplearn.types import Params
 
 __all__ = ["BatchedPool", "Engine"]
@@ -373,6 +375,14 @@ class BatchedPool:
         self._pending: list[_Job] = []
         self._pending_peer: dict[Ticket, int] = {}
         self._results: dict[Ticket, Params] = {}
+        #: Jobs handed out as DeferredParams: their results are kept until read, even
+        #: after the peer submits its next job.
+        self._claimed: set[Ticket] = set()
+        self._flushing = False
+        self._result_spec: ModelSpec = {
+            name: (torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<").str, tuple(shape))
+            for name, (shape, dtype) in self._state_spec.items()
+        }
         #: Flushes so far and the jobs they ran: jobs per flush is the batching achieved.
         self.flushes = 0
         self.jobs_run = 0
@@ -402,7 +412,9 @@ class BatchedPool:
 
     def submit(self, peer: int, params: Params, steps: int) -> Ticket:
         ticket = next(self._tickets)
-        self._results.pop(self._latest.get(peer, 0), None)
+        previous = self._latest.get(peer, 0)
+        if previous not in self._claimed:  # abandoned, or its result was taken already
+            self._results.pop(previous, None)
         self._latest[peer] = ticket
         self._pending.append(_Job(ticket, peer, params, steps))
         self._pending_peer[ticket] = peer
@@ -425,8 +437,32 @@ class BatchedPool:
             self.flush()
         return self._results.pop(ticket, None)
 
+    def claim(self, ticket: Ticket) -> Params | None:
+        """The job's trained params as :class:`DeferredParams`: nothing runs until they
+        are first read, and then every pending job runs. None if the job was abandoned."""
+        if ticket in self._results:
+            return self._results.pop(ticket)
+        peer = self._pending_peer.get(ticket)
+        if peer is None or self._latest[peer] != ticket:
+            return None
+        self._claimed.add(ticket)
+        return DeferredParams(functools.partial(self._take, ticket), self._result_spec)
+
+    def _take(self, ticket: Ticket) -> Params:
+        if ticket not in self._results:
+            if self._flushing:  # a job's start params need a job of the same flush
+                raise RuntimeError(f"training job {ticket} is read before it has run")
+            self.flush()
+        self._claimed.discard(ticket)
+        return self._results.pop(ticket)
+
     def flush(self) -> None:
-        """Run every pending job now, each peer's jobs in submit order."""
+        """Run every pending job now, each peer's jobs in submit order.
+
+        A job's start params may be the DeferredParams of an earlier job of its peer (a
+        deferred merge of it, say): that job ran in an earlier wave, so they fill from
+        its result.
+        """
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -440,8 +476,12 @@ class BatchedPool:
                 waves.append([])
             waves[seen[job.peer]].append(job)
             seen[job.peer] += 1
-        for wave in waves:
-            self._run_wave(wave)
+        self._flushing = True
+        try:
+            for wave in waves:
+                self._run_wave(wave)
+        finally:
+            self._flushing = False
 
     def _run_wave(self, wave: list[_Job]) -> None:
         groups: dict[tuple[int, _Sgd], list[_Job]] = {}
@@ -487,7 +527,8 @@ class BatchedPool:
         for name, buf in momentum.items():
             self._momentum[name][peers] = buf
         for i, job in enumerate(jobs):
-            if self._latest[job.peer] == job.ticket:  # else abandoned: state advanced only
+            if self._latest[job.peer] == job.ticket or job.ticket in self._claimed:
+                # else abandoned: the peer's sampler and momentum advanced only
                 self._results[job.ticket] = {name: t[i].numpy().copy() for name, t in state.items()}
 
     def _batches(self, jobs: list[_Job], batch: int) -> tuple[Tensor, Tensor, list[bool]]:

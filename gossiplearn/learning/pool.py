@@ -6,20 +6,85 @@ result of a job depends only on what was submitted, so a pool may run a job at o
 them together (a batched pool): both give the same models for the same seed.
 
 Each peer has at most one job in flight; submitting again abandons the previous one.
+
+A deferring pool goes further: :meth:`TrainingPool.claim` may hand back
+:class:`DeferredParams`, a dict that runs the pending jobs only when it is first read. A
+simulator that passes such results along unread (into messages whose size it knows from
+the model's shape, into merges that are themselves deferred, into the next job) lets far
+more jobs pile up before anything runs, with the same models in the end.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from gossiplearn.learning.trainer import Learner
+from gossiplearn.protocols.messages import ModelSpec
 from gossiplearn.types import Params
 
 Ticket = int
+
+
+class DeferredParams(Params):
+    """Params computed on first use: a dict that fills itself from ``source`` when read.
+
+    Every read or write of the dict (items, indexing, ``dict(x)``, ``len`` ...) fills it
+    first, so code that takes :data:`Params` cannot tell the difference. ``spec`` (names,
+    dtypes and shapes, in order) is known without filling, which is what the simulator
+    needs to size a message.
+    """
+
+    __slots__ = ("_source", "spec")
+
+    def __init__(self, source: Callable[[], Params], spec: ModelSpec) -> None:
+        super().__init__()
+        self._source: Callable[[], Params] | None = source
+        self.spec = spec
+
+    @property
+    def ready(self) -> bool:
+        return self._source is None
+
+    def fill(self) -> None:
+        """Compute the values now (once); a no-op when they are there."""
+        if self._source is not None:
+            source, self._source = self._source, None  # drop what the source holds
+            dict.update(self, source())
+
+    def __copy__(self) -> Params:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Params:
+        return {name: value.copy() for name, value in self.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self.copy(),))
+
+
+def _filling(name: str) -> Callable[..., Any]:
+    method = getattr(dict, name)
+
+    def call(self: DeferredParams, *args: Any, **kwargs: Any) -> Any:
+        self.fill()
+        return method(self, *args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+# Overriding __iter__ also takes dict(x) and {**x} off CPython's fast path that reads the
+# storage directly: they go through keys() and __getitem__, which fill first.
+for _name in (
+    "__getitem__", "__iter__", "__len__", "__contains__", "__repr__", "__eq__", "__ne__",
+    "__or__", "__ror__", "__ior__", "__reversed__", "__setitem__", "__delitem__", "keys",
+    "values", "items", "get", "pop", "popitem", "setdefault", "update", "clear", "copy",
+):  # fmt: skip
+    setattr(DeferredParams, _name, _filling(_name))
 
 
 class TrainingPool(Protocol):
@@ -31,6 +96,10 @@ class TrainingPool(Protocol):
 
     def result(self, ticket: Ticket) -> Params | None:
         """The trained params, or None if the job was abandoned by a later submit."""
+        ...
+
+    def claim(self, ticket: Ticket) -> Params | None:
+        """Like :meth:`result`, but the params may be :class:`DeferredParams`."""
         ...
 
     def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -60,6 +129,29 @@ class SequentialPool:
     def result(self, ticket: Ticket) -> Params | None:
         return self._results.pop(ticket, None)
 
+    def claim(self, ticket: Ticket) -> Params | None:
+        return self.result(ticket)
+
     def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
         learner = self.learners[peer]
         learner.x, learner.y = x, y
+
+
+Merge = Callable[[Params, Sequence[Params]], Params]
+
+
+def deferring(merge: Merge) -> Merge:
+    """``merge``, run when its result is first read if the own model is not computed yet.
+
+    The merged model then goes on unread into the peer's next training job, so a pool that
+    defers (see :class:`DeferredParams`) keeps collecting jobs. Merge rules are pure
+    functions of their inputs, so running one later gives the same model.
+    """
+
+    def merge_when_read(own: Params, received: Sequence[Params]) -> Params:
+        if isinstance(own, DeferredParams) and not own.ready:
+            models = list(received)  # the caller clears its buffer after the call
+            return DeferredParams(functools.partial(merge, own, models), own.spec)
+        return merge(own, received)
+
+    return merge_when_read

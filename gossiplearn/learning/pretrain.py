@@ -37,6 +37,8 @@ from gossiplearn.learning.trainer import Learner
 FORMAT = "gossiplearn-extractor"
 VERSION = 1
 DEFAULT_FRACTION = 0.1
+#: Bumped whenever the default pretraining recipe changes, so stale cached files are not used.
+RECIPE = 2
 #: Separates the held-out draw from every other stream derived from the same seed.
 _HOLDOUT_STREAM = 0x9E7A
 
@@ -47,7 +49,7 @@ class PretrainSettings:
     epochs: int = 5
     #: Small held-out sets (digits) still get this many SGD steps.
     min_steps: int = 500
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     batch_size: int = 32
 
@@ -215,7 +217,7 @@ def cache_dir() -> Path:
 
 
 def cached_path(dataset: str, model: str, fraction: float, seed: int) -> Path:
-    return cache_dir() / f"{dataset}-{model}-holdout{fraction:g}-seed{seed}.pt"
+    return cache_dir() / f"{dataset}-{model}-holdout{fraction:g}-seed{seed}-r{RECIPE}.pt"
 
 
 # ---- what a run needs ----------------------------------------------------------------

@@ -58,6 +58,7 @@ from gossiplearn.protocols.gossip import GossipConfig, GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
+from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier
 from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
@@ -122,8 +123,12 @@ class Peer:
         seeds = np.random.SeedSequence(self.config.seed).spawn(3)
         self.attack = parse_attack(self.config.attack) if self.config.attack else None
         x, y = train_data
+        #: Clean and poisoned training data of a data attacker (see set_attack).
+        self._data_modes: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.attack is not None and self.attack.kind == "data":
+            self._data_modes[False] = (x, y)
             x, y = _poison(self.attack, x, y, test_data, np.random.default_rng(seeds[2]))
+            self._data_modes[True] = (x, y)
         self.learner = Learner(
             model,
             x,
@@ -150,6 +155,9 @@ class Peer:
         self._round_lock = asyncio.Lock()  # evaluations and checkpoints stay in round order
         self._final_round: int | None = None
         self._running = False
+        self._attacking = True
+        #: Peers cut off by a scenario's partition: messages to and from them are lost.
+        self.blocked: set[str] = set()
 
     # ---- public API -------------------------------------------------------------------
 
@@ -186,6 +194,17 @@ class Peer:
             self._spawn(self._dial_with_backoff(address))
         self._spawn(self._exchange_loop())
         self._spawn(self._start_when_connected())
+
+    def set_attack(self, on: bool) -> None:
+        """Switch this peer's attack (``config.attack``) on or off: off, it sends honest
+        models and trains on its clean data."""
+        if self.attack is None:
+            raise ValueError("this peer has no attack to switch")
+        self._attacking = on
+        if isinstance(self.core, AttackerCore):
+            self.core.active = on
+        if self._data_modes:
+            self.learner.x, self.learner.y = self._data_modes[on]
 
     async def stop(self) -> None:
         """Stop training and networking; safe to call more than once."""
@@ -245,7 +264,11 @@ class Peer:
             members: list[PeerId] = [self.peer_id, *self._bootstrap_ids()]
             view = dict.fromkeys(members, Activity(0))
             modest = c.modest_config(rounds, steps, self.learner.samples)
-            return ModestCore(self.peer_id, modest, params, view, self._core_rng)
+            signer, verifier = self._signing()  # membership changes are signed
+            return ModestCore(
+                self.peer_id, modest, params, view, self._core_rng,
+                signer=signer, verifier=verifier,
+            )  # fmt: skip
         gossip = GossipConfig(
             rounds=rounds,
             local_steps=steps,
@@ -258,8 +281,18 @@ class Peer:
         merge = get_aggregator(c.aggregator, **c.aggregator_options())
         core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_)
         if self.attack is not None:
-            return AttackerCore(core, self.attack, self._core_rng, report=True)
+            attacker = AttackerCore(core, self.attack, self._core_rng, report=True)
+            attacker.active = self._attacking
+            return attacker
         return core
+
+    def _signing(self) -> tuple[Signer | None, Verifier | None]:
+        """Sign with the transport's key, verify by peer id: on libp2p, where peer ids are
+        public keys. Other transports (in-memory tests) sign nothing."""
+        make_signer = getattr(self.transport, "signer", None)
+        if make_signer is None:
+            return None, None
+        return make_signer(), PeerIdVerifier()
 
     def _bootstrap_ids(self) -> list[str]:
         """Peer ids at the end of the bootstrap addresses (``.../p2p/ID``)."""
@@ -330,7 +363,11 @@ class Peer:
         self._dispatch(Start())
 
     async def _train(self, params: dict[str, Any], steps: int, token: int) -> None:
+        started = asyncio.get_running_loop().time()
         trained = await asyncio.to_thread(self.learner.train, params, steps)
+        pace = self.config.min_round_seconds  # a gossip period: bounds rounds per second
+        if pace is not None:
+            await asyncio.sleep(max(0.0, started + pace - asyncio.get_running_loop().time()))
         self._dispatch(TrainingDone(trained, token))
 
     async def _round_done(self, round_: int, params: dict[str, Any]) -> None:
@@ -349,6 +386,8 @@ class Peer:
     # ---- network ----------------------------------------------------------------------
 
     async def _send(self, peer: str, message: Message) -> None:
+        if peer in self.blocked:
+            return
         payload = await asyncio.to_thread(encode, message)
         started = asyncio.get_running_loop().time()
         try:
@@ -367,6 +406,8 @@ class Peer:
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
 
     async def _on_model_bytes(self, sender: str, payload: bytes) -> None:
+        if sender in self.blocked:
+            return
         self.traffic["bytes_in"] += len(payload)
         self.traffic["messages_in"] += 1
         limit = int(self.config.max_message_mb * 2**20)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.learning.models import build_model
@@ -25,6 +26,9 @@ from gossiplearn.learning.partition import partition
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.metrics import PeerMetrics
 from gossiplearn.peer.peer import Peer
+from gossiplearn.peer.scenario import TimelineFollower
+from gossiplearn.scenarios.run import planned_shard
+from gossiplearn.timeline import Step
 from gossiplearn.transport.base import Transport
 
 
@@ -48,6 +52,12 @@ class PeerOptions:
     threads: int = 1
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    #: Playing role ``index`` of a scenario: its data shard and initial model come from
+    #: it, and it follows its own timeline events (see gossiplearn.peer.scenario).
+    scenario: RunConfig | None = None
+    timeline: list[Step] = field(default_factory=list)
+    roster: list[str] = field(default_factory=list)
+    clock_origin: float = field(default_factory=time.time)
 
 
 def parse_partition_index(text: str) -> tuple[int, int]:
@@ -66,9 +76,13 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     from the shared seed and keeps slice ``index``."""
     seed = options.config.seed
     data = load_dataset(options.dataset, options.data_dir, seed=seed)
-    shards = partition(data.train_y, options.partition, options.of, np.random.default_rng(seed))
-    shard = torch.from_numpy(shards[options.index])
-    init_seed = seed if options.shared_init else seed * 1_000_003 + options.index + 1
+    if options.scenario is not None:
+        rows, init_seed = planned_shard(options.scenario, data.train_y, options.index)
+    else:
+        rng = np.random.default_rng(seed)
+        rows = partition(data.train_y, options.partition, options.of, rng)[options.index]
+        init_seed = seed if options.shared_init else seed * 1_000_003 + options.index + 1
+    shard = torch.from_numpy(rows)
     model = build_model(options.model, data.input_shape, data.num_classes, seed=init_seed)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     test = (torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
@@ -115,16 +129,30 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
     peer.on("round", on_round)
     peer.on("peer_joined", lambda info: print(f"neighbour joined: {info['peer']}", flush=True))
     peer.on("peer_left", lambda info: print(f"neighbour left: {info['peer']}", flush=True))
+    follower = None
+    if options.timeline:
+        follower = TimelineFollower(
+            peer,
+            options.index,
+            options.timeline,
+            roster=options.roster,
+            clock_origin=options.clock_origin,
+            leave=stop.set,
+        )
     try:
         async with peer:
             print(f"peer id {peer.peer_id}", flush=True)
             for address in peer.transport.addresses:
                 print(f"listening on {address}", flush=True)
+            if follower is not None:
+                clock = follower.attach()
             finished = asyncio.create_task(peer.finished())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for task in (finished, stopped):
                 task.cancel()
+            if follower is not None:
+                clock.cancel()
             status = peer.status()
     finally:
         if metrics is not None:

@@ -132,6 +132,9 @@ class BristleCore:
         self.pending: set[PeerId] = set()
         #: The last integration (weights, shares, F1s), for inspection and metrics.
         self.last_merge: BristleMerge | None = None
+        #: Each sender's share of this round's merged head (the own head has the rest);
+        #: empty when the round merged nothing.
+        self.merge_shares: dict[PeerId, float] = {}
         self.training = False
         self.waiting = False
         self.finished = False
@@ -200,6 +203,7 @@ class BristleCore:
 
     def _end_round(self) -> list[Effect]:
         merged = len(self.pending)
+        self.merge_shares = {}
         if self.pending and self.recent:
             self.params = self.merge()
         self.pending = set()
@@ -227,4 +231,5 @@ class BristleCore:
         )
         result.shares = {p: result.shares.get(p, 0.0) for p in heads}
         self.last_merge = result
+        self.merge_shares = result.shares
         return head_params(result.matrix, self.params, c.weight, c.bias)

@@ -88,6 +88,31 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
+def encoded_model_size(round: int, samples: int, spec: ModelSpec) -> int:
+    """``len(encode(ModelMessage(round, params, samples)))`` for any params of ``spec``,
+    without the params: msgpack lengths depend on sizes only, never on the tensor bytes."""
+    header = {"type": ModelMessage.TYPE_ID, "version": ModelMessage.VERSION}
+    fields = {**header, "round": int(round), "samples": int(samples), "tensors": []}
+    empty_list = 1  # msgpack's fixarray header of []
+    return (
+        len(msgpack.packb(fields, use_bin_type=True))
+        - empty_list
+        + _tensors_size(tuple(spec.items()))
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _tensors_size(spec: tuple[tuple[str, tuple[str, tuple[int, ...]]], ...]) -> int:
+    for name, (dtype, _) in spec:
+        if dtype not in WIRE_DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {dtype} which cannot be sent")
+    entries = [
+        [name, dtype, list(shape), bytes(math.prod(shape) * np.dtype(dtype).itemsize)]
+        for name, (dtype, shape) in spec
+    ]
+    return len(msgpack.packb(entries, use_bin_type=True))
+
+
 def tensors_to_wire(params: Params) -> list[Any]:
     """The ``tensors`` list of a message: ``[[name, dtype, shape, raw], ...]`` in model order."""
     return [_encode_tensor(name, array) for name, array in params.items()]

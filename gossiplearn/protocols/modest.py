@@ -28,6 +28,12 @@ r̂-1 or later), allowing 2 more rounds of staleness at each further stalled che
 freshest survivors restart the rounds. It gives up after 8 checks without progress, and
 once r̂ is past the last round.
 
+Signed membership: given a ``signer``, a peer signs each membership change it announces
+(peer, index, status); given a ``verifier``, adverts and view records carrying a change
+other than the configured initial JOIN are taken only with a valid signature of the peer
+they describe (others are dropped and counted in ``rejected["BadSignature"]``), so no
+peer can make another leave, rejoin or vanish. ``last_active`` is observed, not signed.
+
 Invariants: a message's round is the sample its receivers act in (trained model k+1 ->
 aggregators of k+1; aggregated model k -> trainers of k); stale trained models, duplicate
 aggregated models and unexpected pongs are ignored; pending joins are never candidates;
@@ -36,9 +42,11 @@ the round estimate r̂ never decreases; a peer that left ignores everything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -71,7 +79,9 @@ from gossiplearn.protocols.modest_messages import (
     Ping,
     Pong,
     View,
+    membership_of,
 )
+from gossiplearn.protocols.signing import Signer, Verifier
 from gossiplearn.types import Params, PeerId
 
 #: The stall watchdog gives up after this many checks in a row without progress.
@@ -120,7 +130,7 @@ def merge_activity(mine: Activity, theirs: Activity) -> Activity:
         newer = mine if mine.index > theirs.index else theirs
     else:
         newer = mine if mine.status >= theirs.status else theirs
-    return Activity(max(mine.last_active, theirs.last_active), newer.index, newer.status)
+    return dataclasses.replace(newer, last_active=max(mine.last_active, theirs.last_active))
 
 
 def merge_view(view: dict[PeerId, Activity], incoming: View, me: PeerId | None = None) -> None:
@@ -172,9 +182,15 @@ class ModestCore:
         rng: np.random.Generator,
         *,
         joining: bool = False,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.me = me
         self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        #: Messages or records ignored, by reason (read by drivers for their metrics).
+        self.rejected: Counter[str] = Counter()
         self.params = params
         self.rng = rng
         self.joining = joining
@@ -225,9 +241,8 @@ class ModestCore:
     def view_snapshot(self) -> dict[PeerId, Activity]:
         """The view as sent with models (own record refreshed to r̂)."""
         own = self.view[self.me]
-        self._set(
-            self.me, Activity(max(own.last_active, self.round_estimate), own.index, own.status)
-        )
+        active = max(own.last_active, self.round_estimate)
+        self._set(self.me, dataclasses.replace(own, last_active=active))
         return dict(self.view)
 
     def _set(self, peer: PeerId, record: Activity) -> None:
@@ -239,7 +254,7 @@ class ModestCore:
         record = self.view.get(peer)
         if record is not None and peer != self.me:
             active = max(record.last_active, self.round_estimate, round_)
-            self._set(peer, Activity(active, record.index, record.status))
+            self._set(peer, dataclasses.replace(record, last_active=active))
 
     def _flush_pending(self) -> None:
         pending, self.pending = self.pending, {}
@@ -283,8 +298,9 @@ class ModestCore:
                 self._refresh(sender, round_)
                 return self._ping_answered(nonce, sender)
             case ModestModel(kind=kind, round=round_, params=params, samples=samples):
-                merge_view(self.view, message.view, self.me)
-                self._seen = max([self._seen, *(a.last_active for a in message.view.values())])
+                view = self._trusted(message.view)
+                merge_view(self.view, view, self.me)
+                self._seen = max([self._seen, *(a.last_active for a in view.values())])
                 self._refresh(sender, round_)
                 if kind == ModelKind.TRAINED:
                     return self._on_trained(sender, round_, params, samples)
@@ -310,23 +326,54 @@ class ModestCore:
         """Advertise a membership change to min(s, |active|) random active peers."""
         own = self.view[self.me]
         index, estimate = own.index + 1, self.round_estimate
-        self._set(self.me, Activity(max(own.last_active, estimate), index, status))
+        advert = MembershipAdvert(estimate, index, status)
+        if self.signer is not None:
+            signature = self.signer.sign(membership_of(self.me, advert))
+            advert = dataclasses.replace(advert, signature=signature)
+        record = Activity(max(own.last_active, estimate), index, status, advert.signature)
+        self._set(self.me, record)
         active = [p for p in self.candidates(estimate) if p != self.me]
         count = min(self.config.sample_size, len(active))
         chosen = sorted(self.rng.choice(len(active), size=count, replace=False)) if count else []
-        advert = MembershipAdvert(estimate, index, status)
         return [Send(active[i], advert) for i in chosen]
 
     def _advert(self, sender: PeerId, advert: MembershipAdvert) -> None:
         known = [r.index for r in (self.view.get(sender), self.pending.get(sender)) if r]
         if sender == self.me or advert.index <= max(known, default=-1):
             return  # stale or repeated
-        record = Activity(max(advert.round, self.round_estimate), advert.index, advert.status)
+        active = max(advert.round, self.round_estimate)
+        record = Activity(active, advert.index, advert.status, advert.signature)
+        if not self._signed_by(sender, record):
+            self.rejected["BadSignature"] += 1
+            return
         if advert.status == Membership.JOIN:
             self.pending[sender] = record  # not a candidate before our next push
         else:
             self.pending.pop(sender, None)
             self._set(sender, record)
+
+    def _signed_by(self, peer: PeerId, record: Activity) -> bool:
+        """True if ``record``'s membership change is ``peer``'s word (or needs none, or
+        this peer verifies nothing)."""
+        if self.verifier is None or not record.needs_signature:
+            return True
+        statement = membership_of(peer, record)
+        return bool(record.signature) and self.verifier.verify(peer, statement, record.signature)
+
+    def _trusted(self, view: View) -> View:
+        """``view`` without records whose membership change is not signed by its peer.
+        Only changes newer than what we know are checked: the rest change nothing."""
+        if self.verifier is None:
+            return view
+        kept: dict[PeerId, Activity] = {}
+        for peer, record in view.items():
+            mine = self.view.get(peer) or self.pending.get(peer)
+            news = mine is None or (record.index, record.status) > (mine.index, mine.status)
+            if news and not self._signed_by(peer, record):
+                self.rejected["BadSignature"] += 1
+                continue
+            kept[peer] = record
+        return kept
 
     # ---- training ----------------------------------------------------------------------
 

@@ -21,12 +21,20 @@ distant records are kept (oldest round first, then farthest, dropped first), so 
 (neighbours + max_records) model-sized tensors. Models and records from peers that are
 not neighbours are ignored; a neighbour that goes down loses its record (and a model it
 sent this round). BN running statistics and integer buffers keep their local values.
+
+Signed histories: given a ``signer``, the peer pushes its model as a HistoryRecord at
+distance 0 signed over (itself, round, digest of the model); given a ``verifier``, a
+record (relayed, or a neighbour's own push) is stored only if its origin's signature
+verifies (else it is counted in ``rejected["BadSignature"]``), and only signed records are
+relayed, so no peer can forge another's history. Plain ModelMessages from neighbours are
+still merged but, having no signature, never relayed by a verifying peer.
 After ``rounds`` rounds the core emits :class:`Finished` and ignores all input.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +58,8 @@ from gossiplearn.protocols.events import (
     Timer,
     TrainingDone,
 )
-from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.protocols.messages import Message, ModelMessage
+from gossiplearn.protocols.signing import Signer, Verifier, history_statement, params_digest
 from gossiplearn.protocols.sybilwall_messages import MAX_DISTANCE, HistoryRecord
 from gossiplearn.types import Params, PeerId
 
@@ -81,6 +90,8 @@ class Record:
     distance: int
     received_from: PeerId
     history: Params = field(repr=False)
+    #: The origin's signature over (origin, round, digest of history); b"": unsigned.
+    signature: bytes = field(default=b"", repr=False)
 
 
 def selection_probabilities(distances: Sequence[int], lam: float) -> npt.NDArray[np.float64]:
@@ -130,9 +141,15 @@ class SybilWallCore:
         rng: np.random.Generator,
         *,
         round: int = 0,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.peer_id = peer_id
         self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        #: Messages ignored, by reason (read by drivers for their metrics).
+        self.rejected: Counter[str] = Counter()
         self.neighbours = list(neighbours)
         self.params = params
         self.rng = rng
@@ -167,6 +184,10 @@ class SybilWallCore:
                     self.on_model(sender, message)
                     if self.waiting and self._complete():
                         return self._end_round()
+            case MessageReceived(sender=sender, message=HistoryRecord(distance=0) as record):
+                accepted = sender in self.neighbours and self.on_signed_model(sender, record)
+                if accepted and self.waiting and self._complete():
+                    return self._end_round()
             case MessageReceived(sender=sender, message=HistoryRecord() as record):
                 if sender in self.neighbours:
                     self.on_record(sender, record)
@@ -191,19 +212,41 @@ class SybilWallCore:
         self.records[sender] = Record(message.round, 1, sender, message.params)
         self.pending[sender] = message.params
 
+    def on_signed_model(self, sender: PeerId, message: HistoryRecord) -> bool:
+        """A neighbour's own model, signed (distance 0); False if rejected."""
+        if message.origin != sender or not self._verified(message):
+            self.rejected["BadSignature"] += 1
+            return False
+        self.on_model(sender, ModelMessage(message.round, message.params))
+        self.records[sender].signature = message.signature
+        return True
+
     def on_record(self, sender: PeerId, message: HistoryRecord) -> None:
         """Step 4: one hop farther; store if unknown, else replace only a distant record
-        with one from a newer round."""
+        with one from a newer round. Records whose signature fails are rejected."""
         origin = message.origin
         if origin == self.peer_id or message.distance >= MAX_DISTANCE:
             return
-        record = Record(message.round, message.distance + 1, sender, message.params)
         stored = self.records.get(origin)
+        if stored is not None and not (stored.distance > 1 and message.round > stored.round):
+            return  # would not be stored: no need to verify it
+        if not self._verified(message):
+            self.rejected["BadSignature"] += 1
+            return
+        record = Record(
+            message.round, message.distance + 1, sender, message.params, message.signature
+        )
+        self.records[origin] = record
         if stored is None:
-            self.records[origin] = record
             self._bound_distant()
-        elif stored.distance > 1 and message.round > stored.round:
-            self.records[origin] = record
+
+    def _verified(self, message: HistoryRecord) -> bool:
+        """True when no verifier is set, or the record carries its origin's signature."""
+        if self.verifier is None:
+            return True
+        if not message.signature:
+            return False
+        return self.verifier.verify(message.origin, message.statement, message.signature)
 
     def _bound_distant(self) -> None:
         distant = [p for p, r in self.records.items() if r.distance > 1]
@@ -220,7 +263,10 @@ class SybilWallCore:
         candidates = [
             p
             for p, r in self.records.items()
-            if p != to and p != self.peer_id and r.received_from != to
+            if p != to
+            and p != self.peer_id
+            and r.received_from != to
+            and (r.signature or self.verifier is None)  # unsigned: receivers would reject
         ]
         if not candidates:
             return None
@@ -239,19 +285,29 @@ class SybilWallCore:
         self.training = False
         self.params = params
         self.round += 1
-        message = ModelMessage(self.round, params, self.config.samples)
+        message = self._own_model(params)
         effects: list[AnyEffect] = [Send(peer, message) for peer in self.neighbours]
         for peer in self.neighbours:
             origin = self.pick_record(peer)
             if origin is not None:
                 r = self.records[origin]
-                effects.append(Send(peer, HistoryRecord(r.round, origin, r.distance, r.history)))
+                record = HistoryRecord(r.round, origin, r.distance, r.history, r.signature)
+                effects.append(Send(peer, record))
         if self._complete():
             return effects + self._end_round()
         self.waiting = True
         self._timer_token += 1
         effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
         return effects
+
+    def _own_model(self, params: Params) -> Message:
+        """The model push: signed (a HistoryRecord at distance 0) when there is a signer."""
+        if self.signer is None:
+            return ModelMessage(self.round, params, self.config.samples)
+        statement = history_statement(self.peer_id, self.round, params_digest(params))
+        record = HistoryRecord(self.round, self.peer_id, 0, params, self.signer.sign(statement))
+        record.__dict__["statement"] = statement  # fill its cache: hash the model once
+        return record
 
     def _complete(self) -> bool:
         return all(peer in self.pending for peer in self.neighbours)

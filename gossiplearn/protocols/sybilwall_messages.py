@@ -3,13 +3,18 @@
 A :class:`HistoryRecord` is a msgpack map with the common ``type`` (20) and ``version``
 keys, plus::
 
-    {"round": int, "origin": peer id, "distance": int, "tensors": as a ModelMessage}
+    {"round": int, "origin": peer id, "distance": int, "tensors": as a ModelMessage,
+     "signature": bin}
 
 ``origin`` is the peer the history belongs to, a msgpack int in [0, 2^63) or a non-empty
 str of at most 256 UTF-8 bytes; ``distance`` is the sender's hop count to ``origin``
-(1: a direct neighbour of the sender), at most :data:`MAX_DISTANCE`; ``tensors`` is the
-history, shaped like the model and checked against the local model spec (names, dtypes,
-shapes, finite values) exactly as a model is.
+(0: the sender's own model, 1: a direct neighbour of the sender), at most
+:data:`MAX_DISTANCE`; ``tensors`` is the history, shaped like the model and checked
+against the local model spec (names, dtypes, shapes, finite values) exactly as a model
+is. ``signature`` is empty (unsigned) or ``origin``'s 64-byte Ed25519 signature over
+:func:`~gossiplearn.protocols.signing.history_statement` (origin, round, digest of the
+tensors): relays cannot forge or alter another peer's history. The wire layout checks
+only its length; receivers verify it (see :class:`~gossiplearn.protocols.sybilwall.SybilWallCore`).
 
 The codec (:mod:`gossiplearn.protocols.codec`) dispatches to the decoder registered at the
 bottom of this module; like every decoder it raises only ``WireError`` subclasses.
@@ -17,6 +22,7 @@ bottom of this module; like every decoder it raises only ``WireError`` subclasse
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,6 +35,7 @@ from gossiplearn.protocols.codec import (
 )
 from gossiplearn.protocols.messages import ModelSpec
 from gossiplearn.protocols.modest_messages import MAX_PEER_ID_INT, check_peer_id
+from gossiplearn.protocols.signing import SIGNATURE_BYTES, history_statement, params_digest
 from gossiplearn.types import Params, PeerId
 
 #: Largest hop count a record may carry; records farther away are of no use.
@@ -39,15 +46,17 @@ MAX_DISTANCE = 1024
 @dataclass(frozen=True, eq=False)
 class HistoryRecord:
     """The history of peer ``origin`` as the sender knows it: last updated in round
-    ``round``, ``distance`` hops from the sender (1: the sender's direct neighbour)."""
+    ``round``, ``distance`` hops from the sender (0: the sender itself, 1: the sender's
+    direct neighbour), with ``origin``'s signature (empty: unsigned)."""
 
     TYPE_ID: ClassVar[int] = 20
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     round: int
     origin: PeerId
     distance: int
     params: Params = field(repr=False)
+    signature: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         # Fail at the sender, where the bug is, rather than at every receiver.
@@ -59,8 +68,16 @@ class HistoryRecord:
         distance = self.distance
         if isinstance(distance, bool) or not isinstance(distance, int):
             raise ValueError(f"HistoryRecord.distance must be an int, got {distance!r}")
-        if not 1 <= distance <= MAX_DISTANCE:
-            raise ValueError(f"HistoryRecord.distance must be in [1, {MAX_DISTANCE}]")
+        if not 0 <= distance <= MAX_DISTANCE:
+            raise ValueError(f"HistoryRecord.distance must be in [0, {MAX_DISTANCE}]")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise ValueError(f"HistoryRecord.signature must be 0 or {SIGNATURE_BYTES} bytes")
+
+    # Computed once per record object: a simulator hands one record to many receivers.
+    @functools.cached_property
+    def statement(self) -> bytes:
+        """What ``origin`` signs for this record (see :func:`history_statement`)."""
+        return history_statement(self.origin, self.round, params_digest(self.params))
 
 
 def _record_fields(message: HistoryRecord) -> dict[str, Any]:
@@ -69,6 +86,7 @@ def _record_fields(message: HistoryRecord) -> dict[str, Any]:
         "origin": message.origin,
         "distance": message.distance,
         "tensors": tensors_to_wire(message.params),
+        "signature": message.signature,
     }
 
 
@@ -77,8 +95,11 @@ def _record_from(fields: dict[str, Any], spec: ModelSpec) -> HistoryRecord:
     if round_ >= MAX_PEER_ID_INT:
         raise MalformedMessage(f"round must be below 2^63, got {round_}")
     distance = wire_int(fields["distance"], "distance")
-    if not 1 <= distance <= MAX_DISTANCE:
-        raise MalformedMessage(f"distance must be in [1, {MAX_DISTANCE}], got {distance}")
+    if not 0 <= distance <= MAX_DISTANCE:
+        raise MalformedMessage(f"distance must be in [0, {MAX_DISTANCE}], got {distance}")
+    signature = fields["signature"]
+    if not isinstance(signature, bytes) or len(signature) not in (0, SIGNATURE_BYTES):
+        raise MalformedMessage(f"signature must be empty or {SIGNATURE_BYTES} bytes of bin")
     origin = fields["origin"]
     if isinstance(origin, bool) or not isinstance(origin, int | str):
         raise MalformedMessage(f"origin must be a peer id (int or str), got {origin!r:.80}")
@@ -87,12 +108,12 @@ def _record_from(fields: dict[str, Any], spec: ModelSpec) -> HistoryRecord:
     except ValueError as exc:
         raise MalformedMessage(f"origin {origin!r:.80} is not a valid peer id: {exc}") from None
     params = tensors_from_wire(fields["tensors"], spec)
-    return HistoryRecord(round_, origin, distance, params)
+    return HistoryRecord(round_, origin, distance, params, signature)
 
 
 register_wire_type(
     HistoryRecord,
-    frozenset({"round", "origin", "distance", "tensors"}),
+    frozenset({"round", "origin", "distance", "tensors", "signature"}),
     _record_fields,
     _record_from,
 )

@@ -23,11 +23,12 @@ import torch
 from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
+from gossiplearn.errors import ConfigError
 from gossiplearn.learning.batched import BatchedPool
 from gossiplearn.learning.datasets import Dataset, load_dataset
 from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
-from gossiplearn.learning.pool import SequentialPool
+from gossiplearn.learning.pool import SequentialPool, deferring
 from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
 from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, pick_validation
@@ -47,6 +48,7 @@ from gossiplearn.scenarios.adversary import (
     poison_learners,
     success_meter,
 )
+from gossiplearn.scenarios.keys import attacker_core, run_keys
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
 from gossiplearn.scenarios.recorder import MetricsLine, RoundRecorder
 from gossiplearn.scenarios.simulator import Simulator
@@ -142,7 +144,11 @@ def _cores(
         view: dict[PeerId, Activity] = dict.fromkeys(range(config.peers), Activity(0))
         for i, learner in enumerate(initial):
             modest = _modest_config(config, learner)
-            cores[i] = ModestCore(i, modest, learner.params(), view, streams.cores[i])
+            keys = run_keys(config.seed)  # signed membership changes
+            cores[i] = ModestCore(
+                i, modest, learner.params(), view, streams.cores[i],
+                signer=keys.signer(i), verifier=keys.verifier,
+            )  # fmt: skip
         return cores
     if config.protocol == "fedavg":
         for i, learner in enumerate(initial):
@@ -163,7 +169,7 @@ def _cores(
             neighbours = sorted(graph.neighbors(i))
             cores[i] = _bristle_core(config, learner, neighbours, streams.cores[i])
         return cores
-    merge = get_aggregator(config.aggregator, **config.aggregator_options())
+    merge = _merge_rule(config)
     for i, learner in enumerate(initial):
         steps = _local_steps(config, learner)
         if config.protocol == "dpsgd":
@@ -173,6 +179,13 @@ def _cores(
             neighbours = sorted(graph.neighbors(i))
             cores[i] = _gossip_core(config, learner, neighbours, merge, streams.cores[i])
     return cores
+
+
+def _merge_rule(config: RunConfig) -> Merge:
+    """The configured aggregation rule; with the batched engine it waits, when the own
+    model is still being trained, until its result is read (same model, more batching)."""
+    rule = get_aggregator(config.aggregator, **config.aggregator_options())
+    return deferring(rule) if config.engine == "batched" else rule
 
 
 def _gossip_core(
@@ -220,7 +233,11 @@ def _sybilwall_core(
         max_records=int(options.get("max_records", 64)),
     )
     start = learner.params() if params is None else params
-    return SybilWallCore(peer, sybilwall, neighbours, start, rng, round=round_)
+    keys = run_keys(config.seed)  # signed histories
+    return SybilWallCore(
+        peer, sybilwall, neighbours, start, rng, round=round_,
+        signer=keys.signer(peer), verifier=keys.verifier,
+    )  # fmt: skip
 
 
 def _bristle_core(
@@ -282,7 +299,7 @@ def _rebuilder(
     rounds where the network is. A recovering attacker attacks again."""
     degree = max(1, round(2 * graph.number_of_edges() / graph.number_of_nodes()))
     own_core = config.aggregator in ("sybilwall", "bristle")
-    merge = None if own_core else get_aggregator(config.aggregator, **config.aggregator_options())
+    merge = None if own_core else _merge_rule(config)
 
     def rebuild(
         peer: PeerId, live: Sequence[PeerId], round_: int, params: Params | None
@@ -296,14 +313,21 @@ def _rebuilder(
             modest = _modest_config(config, learner)
             start = learner.params() if params is None else params
             view = source.view_snapshot()
-            cores[i] = ModestCore(i, modest, start, view, rng, joining=True)
+            keys = run_keys(config.seed)
+            cores[i] = ModestCore(
+                i, modest, start, view, rng, joining=True,
+                signer=keys.signer(i), verifier=keys.verifier,
+            )  # fmt: skip
             return cores[i], []
         if isinstance(old, AttackerCore):
             assert isinstance(old.inner, GossipCore)
             inner = _gossip_core(
                 config, learner, old.inner.neighbours, old.inner.merge, rng, round_, params
             )
-            attacker = AttackerCore(inner, old.attack, old.rng, old.identities)
+            sign = config.aggregator == "sybilwall"  # its pushes must be signed to travel
+            attacker = attacker_core(
+                config.seed, sign, i, inner, old.attack, old.rng, old.identities
+            )
             attacker.active = old.active
             cores[i] = attacker
             return attacker, []
@@ -345,7 +369,10 @@ def _arm(
         neighbours = sorted(graph.neighbors(attacker))
         inner = _gossip_core(config, learners[attacker], neighbours, follow, rng)
         sybils = identities if config.sybils > 1 else None
-        cores[attacker] = AttackerCore(inner, adversary.attack, rng, sybils)
+        sign = config.aggregator == "sybilwall"  # its pushes must be signed to travel
+        cores[attacker] = attacker_core(
+            config.seed, sign, attacker, inner, adversary.attack, rng, sybils
+        )
     for sybil in adversary.sybils:
         cores[sybil] = IdleCore()
 
@@ -483,3 +510,25 @@ def write_run(result: RunResult, out: Path) -> None:
     write_summary(out, result.summary)
     write_metrics(out, result.metrics)
     plot_accuracy(out, [("", result.metrics)], run_title(result.summary["config"]))
+
+
+def planned_attackers(config: RunConfig) -> list[int]:
+    """The attackers :func:`simulate` picks for ``config``: a real peer of the scenario
+    derives whether it attacks the same way."""
+    if config.sybils > 1:
+        raise ConfigError("Sybil identities (sybils > 1) run in simulate only")
+    total = config.peers + config.joining_peers()
+    streams = _Streams.from_seed(config.seed, total)
+    graph = build_topology(config.topology, config.peers, streams.topology_seed)
+    adversary = plan_adversary(config, graph, streams.adversary, first_free_id=total)
+    return adversary.attackers if adversary else []
+
+
+def planned_shard(config: RunConfig, train_y: np.ndarray, index: int) -> tuple[np.ndarray, int]:
+    """Peer ``index``'s data shard (training-set rows) and initial-model seed, as in
+    :func:`simulate` (joining peers included)."""
+    total = config.peers + config.joining_peers()
+    streams = _Streams.from_seed(config.seed, total)
+    shards = partition(train_y, config.partition, total, streams.partition)
+    seed = streams.init_seeds[0 if config.shared_init else index]
+    return shards[index], seed

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gossiplearn.errors import WireError
-from gossiplearn.learning.pool import TrainingPool
-from gossiplearn.protocols.codec import decode_message, encode
+from gossiplearn.learning.pool import DeferredParams, TrainingPool
+from gossiplearn.protocols.codec import decode_message, encode, encoded_model_size
 from gossiplearn.protocols.events import (
     AnyCore,
     AnyEffect,
@@ -66,12 +66,34 @@ class _TrainingFinished:
     token: int
 
 
+class _LateEncoding:
+    """A model message whose params are not computed yet: encoded at its first delivery.
+
+    Its size is known at send time from the model's spec, which is all the network model
+    needs; reading the params then would force the training pool to run early.
+    """
+
+    def __init__(self, message: ModelMessage, size: int) -> None:
+        self.message: ModelMessage | None = message
+        self.size = size
+        self._payload = b""
+
+    def payload(self) -> bytes:
+        if self.message is not None:
+            self._payload, self.message = encode(self.message), None
+            if len(self._payload) != self.size:
+                raise RuntimeError(
+                    f"message encoded to {len(self._payload)} bytes, not {self.size}"
+                )
+        return self._payload
+
+
 @dataclass(frozen=True)
 class _Delivery:
     """Encoded bytes arriving at a peer; decoded (and maybe rejected) on arrival."""
 
     sender: PeerId
-    payload: bytes = field(repr=False)
+    payload: bytes | _LateEncoding = field(repr=False)
 
 
 _Internal = _TrainingFinished | _Delivery
@@ -162,7 +184,7 @@ class Simulator:
                     continue
             else:
                 if isinstance(event, _TrainingFinished):
-                    trained = self.pool.result(event.ticket)
+                    trained = self.pool.claim(event.ticket)
                     if trained is None:  # abandoned: the peer started another job since
                         continue
                     event = TrainingDone(trained, event.token)
@@ -229,9 +251,9 @@ class Simulator:
     def _deliver(self, peer: SimPeer, delivery: _Delivery) -> Sequence[Effect | AnyEffect] | None:
         """Decode and hand over a message; None if it is rejected."""
         try:
-            message: Message = decode_message(
-                delivery.payload, self.spec, max_bytes=self.max_message_bytes
-            )
+            payload = delivery.payload
+            data = payload if isinstance(payload, bytes) else payload.payload()
+            message: Message = decode_message(data, self.spec, max_bytes=self.max_message_bytes)
         except WireError as error:
             self.stats.messages_rejected[type(error).__name__] += 1
             return None
@@ -243,17 +265,18 @@ class Simulator:
         return None
 
     def _apply(self, peer_id: PeerId, peer: SimPeer, effects: Sequence[Effect | AnyEffect]) -> None:
-        encoded: dict[int, bytes] = {}  # one encoding per message object, shared by its sends
+        # One encoding per message object, shared by its sends.
+        encoded: dict[int, tuple[bytes | _LateEncoding, int]] = {}
         for effect in effects:
             match effect:
                 case Send(to=to, message=message, via=via):
-                    payload = encoded.get(id(message))
-                    if payload is None:
-                        payload = encoded[id(message)] = encode(message)
-                    self.stats.bytes_sent += len(payload)
+                    if id(message) not in encoded:
+                        encoded[id(message)] = _encoding(message)
+                    payload, size = encoded[id(message)]
+                    self.stats.bytes_sent += size
                     self.stats.messages_sent += 1
                     sender = peer_id if via is None else via
-                    arrival = self.network.arrival_time(self.now, sender, to, len(payload))
+                    arrival = self.network.arrival_time(self.now, sender, to, size)
                     if self._reaches(sender, to):
                         self.schedule(arrival, to, _Delivery(sender, payload))
                 case StartTraining(params=params, steps=steps, token=token):
@@ -275,3 +298,14 @@ class Simulator:
                     peer.finished = True
                 case Log() if self.on_log is not None:
                     self.on_log(peer_id, effect)
+
+
+def _encoding(message: Message) -> tuple[bytes | _LateEncoding, int]:
+    """The message's payload (or its late encoding) and its size in bytes."""
+    if isinstance(message, ModelMessage):
+        params = message.params
+        if isinstance(params, DeferredParams) and not params.ready:
+            size = encoded_model_size(message.round, message.samples, params.spec)
+            return _LateEncoding(message, size), size
+    payload = encode(message)
+    return payload, len(payload)

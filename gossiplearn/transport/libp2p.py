@@ -59,6 +59,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from gossiplearn.errors import ConfigError
+from gossiplearn.protocols.signing import CallableSigner
 from gossiplearn.transport._handlers import HandlerTasks
 from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
 from gossiplearn.transport.framing import (
@@ -352,6 +353,10 @@ class Libp2pTransport:
         if len(payload) > self.max_frame_bytes:
             raise FrameTooLarge(len(payload), self.max_frame_bytes)
         await self._call(self._trio_send, peer, protocol, payload, timeout=self.send_timeout)
+
+    def signer(self) -> CallableSigner:
+        """Signs records with this transport's private key, as its peer id."""
+        return CallableSigner(self._peer_id, self._key_pair.private_key.sign)
 
     def rejected_counts(self) -> dict[str, int]:
         """Inbound frames and streams refused so far, by reason (any thread may ask)."""
