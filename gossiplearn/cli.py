@@ -211,8 +211,9 @@ def _config_from(args: argparse.Namespace) -> Any:
         for kind in ("crash", "join", "leave")
         for amount, at_round in flags.pop(f"churn_{kind}", [])
     ]
-    if churn:  # flags replace the scenario's churn list as a whole
-        flags["churn"] = churn
+    if churn:  # flags add to the scenario's timeline
+        scenario_events = values.pop("timeline", values.pop("churn", []))
+        flags["timeline"] = [*scenario_events, *churn]
     source = f"scenario {args.scenario}" if args.scenario else "options"
     return make_config(source, **(values | flags))
 

@@ -56,7 +56,7 @@ class PeerProcess:
 class Launcher:
     """Starts, watches and stops the peer processes of one local network."""
 
-    def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 60.0) -> None:
+    def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 180.0) -> None:
         if config.protocol not in ("gossip", "modest"):
             raise ConfigError(
                 f"launch runs protocol gossip or modest; {config.protocol!r} runs in simulate"

@@ -71,7 +71,9 @@ class TimelineEvent(BaseModel):
             takes = ", ".join(sorted(allowed)) or "nothing besides at_round/at_time"
             raise ValueError(f"{self.kind} takes {takes}; not {', '.join(sorted(given - allowed))}")
         if self.amount is not None and self.amount >= 1 and self.amount != int(self.amount):
-            raise ValueError(f"amount {self.amount} is neither a fraction below 1 nor a count")
+            raise ValueError(
+                f"{self.kind}: amount {self.amount} is neither a fraction below 1 nor a count"
+            )
         if {"amount", "peers"} <= given:
             raise ValueError(f"{self.kind}: give amount or peers, not both")
         if self.kind in ("crash", "leave", "join") and not given & {"amount", "peers"}:

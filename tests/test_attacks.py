@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from gossiplearn.attacks import parse_attack
-from gossiplearn.attacks.data import TRIGGER_SIZE, TRIGGER_VALUE, add_trigger, poison_data
+from gossiplearn.attacks.data import (
+    TRIGGER_SIZE,
+    TRIGGER_VALUE,
+    add_source_samples,
+    add_trigger,
+    poison_data,
+)
 from gossiplearn.attacks.metrics import success_rate, success_set
 from gossiplearn.attacks.model import poison_model
 from gossiplearn.errors import ConfigError
@@ -109,3 +115,25 @@ def test_success_sets() -> None:
     assert success_rate(np.array([4, 4, 1, 4]), 4) == 0.75
     with pytest.raises(ValueError):
         success_set(parse_attack("sign-flip"), X, Y)
+
+
+def test_a_label_flip_attacker_gets_samples_of_the_source_class() -> None:
+    # An attacker whose shard has no 3s could not flip any: it gathers some first.
+    x, y = X[Y != 3], Y[Y != 3]
+    pool_x = RNG.random((40, 1, 8, 8)).astype(np.float32)
+    pool_y = np.arange(40, dtype=np.int64) % 4  # ten 3s in the pool
+    attack = parse_attack("label-flip:3:5")
+    more_x, more_y = add_source_samples(attack, x, y, pool_x, pool_y, np.random.default_rng(1))
+    assert len(more_y) == len(y) + 10  # as many as it has, capped by the pool's ten
+    assert np.all(more_y[len(y) :] == 3)
+    assert any(np.array_equal(more_x[-1], p) for p in pool_x[pool_y == 3])
+    _, flipped = poison_data(attack, more_x, more_y, 10, RNG)
+    assert np.count_nonzero(flipped == 5) == np.count_nonzero(y == 5) + 10
+    _, fewer_y = add_source_samples(attack, x, y, pool_x, pool_y, RNG, count=4)
+    assert len(fewer_y) == len(y) + 4
+
+
+def test_only_label_flips_get_source_samples() -> None:
+    for spec in ("label-flip-all", "backdoor:1", "sign-flip"):
+        x, y = add_source_samples(parse_attack(spec), X, Y, X, Y, RNG)
+        assert x is X and y is Y

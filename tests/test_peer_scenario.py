@@ -86,9 +86,7 @@ async def test_an_attacker_switches_its_attack_with_the_window() -> None:
     network = InMemoryNetwork()
     attacker = make_peer(network, "a", 0, attacker=True)
     steps = own_steps(config, 0, [0])
-    follower = TimelineFollower(
-        attacker, 0, steps, roster=[], clock_origin=0.0, leave=lambda: None
-    )
+    follower = TimelineFollower(attacker, 0, steps, roster=[], clock_origin=0.0, leave=lambda: None)
     clean_y = attacker.learner.y.clone()  # the window is not open yet: clean data
     labels: dict[int, torch.Tensor] = {}
     attacker.on("round", lambda info: labels.setdefault(info["round"], attacker.learner.y))

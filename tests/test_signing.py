@@ -238,3 +238,27 @@ def test_a_leaving_peer_signs_its_advert() -> None:
     assert KEYS.verifier.verify(1, membership_of(1, adverts[0]), adverts[0].signature)
     decoded = decode_message(encode(adverts[0]), spec_of(vec(0)))
     assert isinstance(decoded, MembershipAdvert) and decoded.signature == adverts[0].signature
+
+
+def test_a_libp2p_modest_peer_signs_with_its_transport_key() -> None:
+    import torch
+
+    from gossiplearn.peer import Peer, PeerConfig
+    from gossiplearn.protocols.events import Leave
+    from gossiplearn.transport.libp2p import Libp2pTransport
+    from gossiplearn.transport.memory import InMemoryNetwork
+
+    model = torch.nn.Linear(4, 2)
+    data = (torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
+    peer = Peer(model, data, config=PeerConfig(protocol="modest"), transport=Libp2pTransport())
+    core = peer._make_core(peer.learner.params(), 0)  # white-box: no network needed
+    assert isinstance(core, ModestCore) and isinstance(core.verifier, PeerIdVerifier)
+    core.view["12D3KooWSomebodyElse"] = Activity(0)  # someone to tell
+    adverts = [e.message for e in core.handle(0.0, Leave()) if isinstance(e, Send)]
+    assert PeerIdVerifier().verify(peer.peer_id, membership_of(peer.peer_id, adverts[0]),
+                                   adverts[0].signature)  # fmt: skip
+    # On the in-memory transport, ids are names, not keys: nothing is signed or checked.
+    memory = Peer(model, data, config=PeerConfig(protocol="modest"),
+                  transport=InMemoryNetwork().transport("m"))  # fmt: skip
+    plain = memory._make_core(memory.learner.params(), 0)
+    assert isinstance(plain, ModestCore) and plain.signer is None and plain.verifier is None

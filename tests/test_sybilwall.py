@@ -182,6 +182,28 @@ def test_diverse_honest_neighbours_get_weight_and_the_merge_normalises_over_them
     np.testing.assert_allclose(merged["w"], [1 / 3, 1 / 3, 0])  # (own + θ1 + θ2) / 3
 
 
+def test_an_old_dissimilar_distant_record_does_not_silence_the_neighbours() -> None:
+    # Honest models converge: today's neighbours are alike (cosine near 1), a record
+    # gossiped rounds ago is not. The rescale to a top weight of 1 runs over the senders
+    # only, so that stale record cannot push every neighbour's weight to 0.
+    own = vec(0, 0, 0, 0)
+    received = {1: vec(1, 0.30, 0.1, 0), 2: vec(1, 0.35, 0, 0.1)}
+    stale = {60: vec(0.2, -1, 1, 0)}
+    _, weights = sybilwall_merge(own, received, {**received, **stale})
+    assert min(weights.values()) > 0.5
+
+
+def test_merge_shares_normalise_the_weights_with_the_own_model() -> None:
+    c = core([1, 2, 3], rounds=1)
+    c.handle(0.0, Start())
+    c.handle(0.0, TrainingDone(vec(0, 0, 0, 1)))
+    model_from(c, 1, vec(1, 0, 0, 0))
+    model_from(c, 2, vec(0, 0, 1, 1))
+    model_from(c, 3, vec(0, 0, 1, 1))  # a Sybil copy of 2: both get weight 0
+    assert c.last_weights == {1: 1.0, 2: 0.0, 3: 0.0}
+    assert c.merge_shares == {1: 0.5, 2: 0.0, 3: 0.0}
+
+
 def test_local_statistics_stay_local() -> None:
     own = {"w": np.zeros(2, np.float32), "bn.running_mean": np.full(2, 7.0, np.float32)}
     other = {"w": np.ones(2, np.float32), "bn.running_mean": np.full(2, -1.0, np.float32)}
@@ -334,9 +356,9 @@ def test_real_peers_refuse_sybilwall() -> None:
 
 def test_sybilwall_resists_a_sybil_label_flip_attack_better_than_mean() -> None:
     # Measured (24 peers, regular:4, dirichlet:0.5, logreg, 15 rounds, 1 attacker with 10
-    # identities flipping 0 -> 1): seed 4: mean 0.699 clean / 0.555 attacked (attack
-    # success 0.98), sybilwall 0.471 / 0.455 (0.03); seed 6: mean 0.777 / 0.489 (0.83),
-    # sybilwall 0.514 / 0.535 (0.002). SybilWall costs clean accuracy here (see README).
+    # identities flipping 0 -> 1): seed 4: mean 0.699 clean / 0.545 attacked (attack
+    # success 0.98), sybilwall 0.781 / 0.726 (0.008); seed 6: mean 0.777 / 0.465 (0.93),
+    # sybilwall 0.806 / 0.777 (0.0).
     attack = dict(attack="label-flip:0:1", attackers=1, sybils=10)
     for seed in (4, 6):
         runs = {

@@ -58,9 +58,9 @@ def test_a_partition_cuts_traffic_between_groups_until_healed() -> None:
     )  # fmt: skip
     whole = simulate(make_config(**GOSSIP, seed=3))
     # fewer messages arrive while split: peers wait out their merge timeout
-    assert cut.summary["virtual_time"] > healed.summary["virtual_time"] > whole.summary[
-        "virtual_time"
-    ]
+    assert (
+        cut.summary["virtual_time"] > healed.summary["virtual_time"] > whole.summary["virtual_time"]
+    )
     assert cut.summary["timeline"][0]["groups"] == groups
 
 
@@ -68,7 +68,7 @@ def test_partition_into_random_groups_is_decided_by_the_seed() -> None:
     events = [TimelineEvent(kind="partition", at_round=2, groups=3)]
     a = resolve(events, 10, np.random.default_rng(5))[0].groups
     b = resolve(events, 10, np.random.default_rng(5))[0].groups
-    assert a == b and len(a) == 3 and sorted(sum(a, [])) == list(range(10))
+    assert a == b and len(a) == 3 and sorted(p for g in a for p in g) == list(range(10))
 
 
 def test_an_attack_window_opens_and_closes() -> None:

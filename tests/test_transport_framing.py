@@ -152,3 +152,58 @@ def test_chunks_are_zero_copy_views() -> None:
 def test_status_descriptions() -> None:
     assert Status(0) is Status.OK
     assert "max_frame_bytes" in Status.TOO_LARGE.describe()
+
+
+# ---- admission: refusing a frame from its header -------------------------------------
+
+
+def test_admit_sees_the_length_before_any_payload_buffer_exists() -> None:
+    from gossiplearn.transport.framing import FrameRefused
+
+    seen: list[int] = []
+
+    def admit(length: int) -> None:
+        seen.append(length)
+        if length > 10:
+            raise FrameRefused(f"{length} bytes is over budget")
+
+    reader = FrameReader(1 << 20, admit)
+    frame = encode_frame(b"x" * 11)
+    with pytest.raises(FrameRefused):
+        reader.feed(frame[:HEADER_SIZE])  # the header alone is enough to refuse
+    assert seen == [11] and reader.header is None
+    ok = FrameReader(1 << 20, admit)
+    assert ok.feed(encode_frame(b"small")) == [b"small"]
+
+
+def test_token_bucket_allows_bursts_then_the_average_rate() -> None:
+    from gossiplearn.transport.limits import TokenBucket
+
+    bucket = TokenBucket(rate=100.0, capacity=200.0, now=0.0)
+    assert bucket.take(150, now=0.0) and not bucket.take(100, now=0.0)
+    assert bucket.take(100, now=0.5)  # 50 left + 50 refilled
+    assert not bucket.take(1, now=0.5)
+    # a frame larger than the whole capacity passes once the bucket is full, into debt
+    assert bucket.take(500, now=10.0) and not bucket.take(1, now=12.0)
+    assert bucket.take(1, now=13.1)
+
+
+def test_inbound_limits_count_refusals_by_reason() -> None:
+    from gossiplearn.errors import ConfigError
+    from gossiplearn.transport.limits import MAX_TRACKED_PEERS, InboundLimits
+
+    limits = InboundLimits(max_streams_per_peer=2, bytes_per_second=100.0, burst_seconds=1.0)
+    assert limits.open_stream("a") and limits.open_stream("a")
+    assert not limits.open_stream("a") and limits.open_stream("b")
+    limits.close_stream("a")
+    assert limits.open_stream("a")
+    assert limits.admit_bytes("a", 100, now=0.0) and not limits.admit_bytes("a", 1, now=0.0)
+    assert limits.admit_bytes("b", 100, now=0.0)  # every peer has its own bucket
+    assert limits.rejected_counts() == {"TooManyStreams": 1, "RateLimited": 1}
+    for peer in range(MAX_TRACKED_PEERS + 5):
+        limits.admit_bytes(str(peer), 1, now=1.0)
+    assert len(limits._buckets) == MAX_TRACKED_PEERS  # white-box: memory stays bounded
+    assert InboundLimits(bytes_per_second=None).admit_bytes("a", 10**12, now=0.0)
+    for bad in (dict(max_streams_per_peer=0), dict(bytes_per_second=0), dict(burst_seconds=0)):
+        with pytest.raises(ConfigError):
+            InboundLimits(**bad)  # type: ignore[arg-type]

@@ -53,3 +53,80 @@ def unflatten(vector: npt.NDArray[np.float64], like: Params) -> Params:
     if offset != vector.size:
         raise ValueError(f"vector has {vector.size} elements, the model needs {offset}")
     return merged
+
+
+class FlatLayout:
+    """Where each aggregated tensor of a model lives in one flat float64 row.
+
+    Coordinate-wise rules (mean, vc, median, trimmed mean) work on a ``[k, P]`` matrix of
+    k models with a handful of whole-matrix operations instead of a loop over tensors;
+    per-tensor statistics (vc's variances) are segment reductions over the row.
+    """
+
+    def __init__(self, like: Params) -> None:
+        self.names = shared_names(like)
+        sizes = [int(like[name].size) for name in self.names]
+        self.sizes = np.array(sizes, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.size = int(self.offsets[-1])
+        ends = self.offsets[1:].tolist()
+        #: name -> (start, end) of its coordinates in a row.
+        self.slices = {
+            name: (end - n, end) for name, n, end in zip(self.names, sizes, ends, strict=True)
+        }
+        # reduceat cannot reduce an empty segment: reductions run over the others.
+        self._nonempty = np.flatnonzero(self.sizes > 0)
+
+    def stack(self, models: Sequence[Params]) -> npt.NDArray[np.float64]:
+        """The shared tensors of each model as one ``[k, P]`` float64 matrix."""
+        rows = np.empty((len(models), self.size), dtype=np.float64)
+        for i, model in enumerate(models):
+            for name, (start, end) in self.slices.items():
+                rows[i, start:end] = np.asarray(model[name]).reshape(-1)
+        return rows
+
+    def unflatten(self, row: npt.NDArray[np.float64], like: Params) -> Params:
+        """``row`` back into tensors shaped and typed as in ``like``; ``like``'s local
+        statistics kept."""
+        merged: Params = {}
+        for name, value in like.items():
+            if name not in self.slices:
+                merged[name] = value
+                continue
+            start, end = self.slices[name]
+            merged[name] = row[start:end].reshape(value.shape).astype(value.dtype)
+        return merged
+
+    def segment_sums(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per-tensor sums of each row: ``[..., P]`` -> ``[..., T]``."""
+        sums = np.zeros((*rows.shape[:-1], len(self.names)), dtype=np.float64)
+        if len(self._nonempty):
+            starts = self.offsets[self._nonempty]
+            sums[..., self._nonempty] = np.add.reduceat(rows, starts, axis=-1)
+        return sums
+
+    def expand(self, per_tensor: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per-tensor values ``[..., T]`` repeated over each tensor's coordinates."""
+        return np.repeat(per_tensor, self.sizes, axis=-1)
+
+    def segment_var(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per-tensor sample variance (ddof=1) of each row, two-pass: ``[..., T]``.
+
+        Tensors with fewer than two elements get NaN (callers leave them alone).
+        """
+        means = self.segment_sums(rows) / np.maximum(self.sizes, 1)
+        centred = rows - self.expand(means)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.segment_sums(centred * centred) / (self.sizes - 1)
+
+
+def layout_of(like: Params) -> FlatLayout:
+    """The (cached) layout for models shaped like ``like``."""
+    key = tuple((name, value.shape, value.dtype.str) for name, value in like.items())
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _LAYOUTS[key] = FlatLayout(like)
+    return layout
+
+
+_LAYOUTS: dict[tuple[tuple[str, tuple[int, ...], str], ...], FlatLayout] = {}

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from gossiplearn.aggregation._tensors import check_beta, is_local_statistic, mix, stack
+from gossiplearn.aggregation._flat import layout_of
+from gossiplearn.aggregation._tensors import check_beta, mix
 from gossiplearn.types import Params
 
 
@@ -20,13 +21,8 @@ def mean(own: Params, received: Sequence[Params], *, beta: float = 0.5) -> Param
     check_beta(beta)
     if not received:
         return dict(own)
-    merged: Params = {}
-    for name, value in own.items():
-        if is_local_statistic(name, value):
-            merged[name] = value
-        else:
-            merged[name] = mix(value, stack(received, name), beta).astype(value.dtype)
-    return merged
+    layout = layout_of(own)  # every tensor at once, as rows of one matrix
+    return layout.unflatten(mix(layout.stack([own])[0], layout.stack(received), beta), own)
 
 
 def mean_shares(

@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 import numpy.typing as npt
 
-from gossiplearn.aggregation._flat import flatten_all
-from gossiplearn.aggregation._tensors import is_local_statistic, stack
+from gossiplearn.aggregation._flat import flatten_all, layout_of
 from gossiplearn.types import Params
 
 
@@ -28,14 +26,8 @@ def median(own: Params, received: Sequence[Params]) -> Params:
     """
     if not received:
         return dict(own)
-    models = [own, *received]
-    merged: Params = {}
-    for name, value in own.items():
-        if is_local_statistic(name, value):
-            merged[name] = value
-        else:
-            merged[name] = np.median(stack(models, name), axis=0).astype(value.dtype)
-    return merged
+    layout = layout_of(own)  # every tensor at once, as rows of one matrix
+    return layout.unflatten(np.median(layout.stack([own, *received]), axis=0), own)
 
 
 def coordinate_shares(

@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 import numpy.typing as npt
 
-from gossiplearn.aggregation._tensors import is_local_statistic, stack
+from gossiplearn.aggregation._flat import layout_of
 from gossiplearn.aggregation.median import coordinate_shares
 from gossiplearn.errors import ConfigError
 from gossiplearn.types import Params
@@ -56,15 +55,10 @@ def trimmed_mean(
         return dict(own)
     models = [own, *received]
     cut = resolve_trim(len(models), trim, strict=strict)
-    merged: Params = {}
-    for name, value in own.items():
-        if is_local_statistic(name, value):
-            merged[name] = value
-            continue
-        kept = np.sort(stack(models, name), axis=0)[cut : len(models) - cut]
-        # Clip only undoes rounding (a mean of equal floats can land one ulp outside).
-        merged[name] = np.clip(kept.mean(axis=0), kept[0], kept[-1]).astype(value.dtype)
-    return merged
+    layout = layout_of(own)  # every tensor at once, as rows of one matrix
+    kept = np.sort(layout.stack(models), axis=0)[cut : len(models) - cut]
+    # Clip only undoes rounding (a mean of equal floats can land one ulp outside).
+    return layout.unflatten(np.clip(kept.mean(axis=0), kept[0], kept[-1]), own)
 
 
 def trimmed_mean_shares(

@@ -15,7 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from gossiplearn.aggregation._tensors import check_beta, is_local_statistic, mix, stack
+from gossiplearn.aggregation._flat import layout_of
+from gossiplearn.aggregation._tensors import check_beta
 from gossiplearn.types import Params
 
 EPSILON = 1e-4
@@ -35,22 +36,17 @@ def variance_corrected(
         raise ValueError(f"target must be 'others' or 'conservative', got {target!r}")
     if not received:
         return dict(own)
-    merged: Params = {}
-    for name, value in own.items():
-        if is_local_statistic(name, value):
-            merged[name] = value
-            continue
-        models = stack(received, name)
-        mixed = mix(value, models, beta)
-        if value.size > 1:
-            wanted = float(models.reshape(len(models), -1).var(axis=1, ddof=1).mean())
-            if target == "conservative":
-                wanted = (
-                    beta * float(np.var(np.asarray(value, dtype=np.float64), ddof=1))
-                    + (1.0 - beta) * wanted
-                )
-            centre = mixed.mean()
-            scale = np.sqrt((wanted + epsilon) / (mixed.var(ddof=1) + epsilon))
-            mixed = (mixed - centre) * scale + centre
-        merged[name] = mixed.astype(value.dtype)
-    return merged
+    # All tensors at once: one [k, P] matrix, per-tensor statistics as segment reductions.
+    layout = layout_of(own)
+    models = layout.stack(received)
+    own_row = layout.stack([own])[0]
+    mixed = beta * own_row + (1.0 - beta) * models.mean(axis=0)
+    wanted = layout.segment_var(models).mean(axis=0)
+    if target == "conservative":
+        wanted = beta * layout.segment_var(own_row) + (1.0 - beta) * wanted
+    rescaled = layout.sizes > 1  # a one-element tensor has no variance to restore
+    centre = np.where(rescaled, layout.segment_sums(mixed) / np.maximum(layout.sizes, 1), 0.0)
+    scale = np.sqrt((wanted + epsilon) / (layout.segment_var(mixed) + epsilon))
+    scale = np.where(rescaled, scale, 1.0)
+    mixed = (mixed - layout.expand(centre)) * layout.expand(scale) + layout.expand(centre)
+    return layout.unflatten(mixed, own)

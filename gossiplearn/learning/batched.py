@@ -375,9 +375,8 @@ class BatchedPool:
         self._pending: list[_Job] = []
         self._pending_peer: dict[Ticket, int] = {}
         self._results: dict[Ticket, Params] = {}
-        #: Jobs handed out as DeferredParams: their results are kept until read, even
-        #: after the peer submits its next job.
-        self._claimed: set[Ticket] = set()
+        #: Jobs handed out as DeferredParams, which get their results when they run.
+        self._claimed: dict[Ticket, DeferredParams] = {}
         self._flushing = False
         self._result_spec: ModelSpec = {
             name: (torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<").str, tuple(shape))
@@ -412,9 +411,7 @@ class BatchedPool:
 
     def submit(self, peer: int, params: Params, steps: int) -> Ticket:
         ticket = next(self._tickets)
-        previous = self._latest.get(peer, 0)
-        if previous not in self._claimed:  # abandoned, or its result was taken already
-            self._results.pop(previous, None)
+        self._results.pop(self._latest.get(peer, 0), None)
         self._latest[peer] = ticket
         self._pending.append(_Job(ticket, peer, params, steps))
         self._pending_peer[ticket] = peer
@@ -445,16 +442,18 @@ class BatchedPool:
         peer = self._pending_peer.get(ticket)
         if peer is None or self._latest[peer] != ticket:
             return None
-        self._claimed.add(ticket)
-        return DeferredParams(functools.partial(self._take, ticket), self._result_spec)
+        deferred = DeferredParams(functools.partial(self._run_for, ticket), self._result_spec)
+        self._claimed[ticket] = deferred
+        return deferred
 
-    def _take(self, ticket: Ticket) -> Params:
-        if ticket not in self._results:
-            if self._flushing:  # a job's start params need a job of the same flush
-                raise RuntimeError(f"training job {ticket} is read before it has run")
-            self.flush()
-        self._claimed.discard(ticket)
-        return self._results.pop(ticket)
+    def _run_for(self, ticket: Ticket) -> Params:
+        """Flush for a claimed job (which provides its DeferredParams with the values)."""
+        if self._flushing:  # a job's start params need a job of the same flush
+            raise RuntimeError(f"training job {ticket} is read before it has run")
+        self.flush()
+        if ticket in self._claimed:
+            raise RuntimeError(f"training job {ticket} did not run")
+        return {}  # ignored: the DeferredParams already has its values
 
     def flush(self) -> None:
         """Run every pending job now, each peer's jobs in submit order.
@@ -527,9 +526,14 @@ class BatchedPool:
         for name, buf in momentum.items():
             self._momentum[name][peers] = buf
         for i, job in enumerate(jobs):
-            if self._latest[job.peer] == job.ticket or job.ticket in self._claimed:
-                # else abandoned: the peer's sampler and momentum advanced only
-                self._results[job.ticket] = {name: t[i].numpy().copy() for name, t in state.items()}
+            claimed = self._claimed.pop(job.ticket, None)
+            if claimed is None and self._latest[job.peer] != job.ticket:
+                continue  # abandoned: the peer's sampler and momentum advanced only
+            trained = {name: t[i].numpy().copy() for name, t in state.items()}
+            if claimed is None:
+                self._results[job.ticket] = trained
+            else:
+                claimed.provide(trained)
 
     def _batches(self, jobs: list[_Job], batch: int) -> tuple[Tensor, Tensor, list[bool]]:
         """Data rows ``[S, P, B]``, loss weights ``[S, P, B]`` and which steps are padded.

@@ -52,9 +52,17 @@ class DeferredParams(Params):
 
     def fill(self) -> None:
         """Compute the values now (once); a no-op when they are there."""
-        if self._source is not None:
-            source, self._source = self._source, None  # drop what the source holds
-            dict.update(self, source())
+        source = self._source
+        if source is None:
+            return
+        values = source()
+        if self._source is not None:  # else the source provided them itself (a pool's flush)
+            self.provide(values)
+
+    def provide(self, values: Params) -> None:
+        """Set the values (the source is dropped with what it holds)."""
+        self._source = None
+        dict.update(self, values)
 
     def __copy__(self) -> Params:
         return self.copy()

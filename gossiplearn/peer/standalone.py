@@ -27,7 +27,6 @@ from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.metrics import PeerMetrics
 from gossiplearn.peer.peer import Peer
 from gossiplearn.peer.scenario import TimelineFollower
-from gossiplearn.scenarios.run import planned_shard
 from gossiplearn.timeline import Step
 from gossiplearn.transport.base import Transport
 
@@ -77,6 +76,8 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     seed = options.config.seed
     data = load_dataset(options.dataset, options.data_dir, seed=seed)
     if options.scenario is not None:
+        from gossiplearn.scenarios.run import planned_shard  # the simulator's, imported late
+
         rows, init_seed = planned_shard(options.scenario, data.train_y, options.index)
     else:
         rng = np.random.default_rng(seed)

@@ -92,6 +92,8 @@ class Record:
     history: Params = field(repr=False)
     #: The origin's signature over (origin, round, digest of history); b"": unsigned.
     signature: bytes = field(default=b"", repr=False)
+    #: What the signature is over, kept so that relaying does not hash the history again.
+    statement: bytes = field(default=b"", repr=False)
 
 
 def selection_probabilities(distances: Sequence[int], lam: float) -> npt.NDArray[np.float64]:
@@ -218,7 +220,9 @@ class SybilWallCore:
             self.rejected["BadSignature"] += 1
             return False
         self.on_model(sender, ModelMessage(message.round, message.params))
-        self.records[sender].signature = message.signature
+        stored = self.records[sender]
+        stored.signature = message.signature
+        stored.statement = message.statement if self.verifier is not None else b""
         return True
 
     def on_record(self, sender: PeerId, message: HistoryRecord) -> None:
@@ -233,8 +237,14 @@ class SybilWallCore:
         if not self._verified(message):
             self.rejected["BadSignature"] += 1
             return
+        statement = message.statement if self.verifier is not None else b""
         record = Record(
-            message.round, message.distance + 1, sender, message.params, message.signature
+            message.round,
+            message.distance + 1,
+            sender,
+            message.params,
+            message.signature,
+            statement,
         )
         self.records[origin] = record
         if stored is None:
@@ -292,7 +302,9 @@ class SybilWallCore:
             if origin is not None:
                 r = self.records[origin]
                 record = HistoryRecord(r.round, origin, r.distance, r.history, r.signature)
-                effects.append(Send(peer, record))
+                effects.append(
+                    Send(peer, record.knowing_statement(r.statement) if r.statement else record)
+                )
         if self._complete():
             return effects + self._end_round()
         self.waiting = True
@@ -306,8 +318,7 @@ class SybilWallCore:
             return ModelMessage(self.round, params, self.config.samples)
         statement = history_statement(self.peer_id, self.round, params_digest(params))
         record = HistoryRecord(self.round, self.peer_id, 0, params, self.signer.sign(statement))
-        record.__dict__["statement"] = statement  # fill its cache: hash the model once
-        return record
+        return record.knowing_statement(statement)
 
     def _complete(self) -> bool:
         return all(peer in self.pending for peer in self.neighbours)

@@ -79,6 +79,12 @@ class HistoryRecord:
         """What ``origin`` signs for this record (see :func:`history_statement`)."""
         return history_statement(self.origin, self.round, params_digest(self.params))
 
+    def knowing_statement(self, statement: bytes) -> HistoryRecord:
+        """This record, with its :attr:`statement` already known (computed for the same
+        origin, round and params): hashing a model once per record is enough."""
+        self.__dict__["statement"] = statement  # fills the cached_property
+        return self
+
 
 def _record_fields(message: HistoryRecord) -> dict[str, Any]:
     return {

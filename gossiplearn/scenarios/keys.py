@@ -74,8 +74,7 @@ class SigningAttackerCore(AttackerCore):
         statement = history_statement(origin, message.round, params_digest(message.params))
         signature = self.keys.signer(origin).sign(statement)
         record = HistoryRecord(message.round, origin, 0, message.params, signature)
-        record.__dict__["statement"] = statement  # fill its cache: hash the model once
-        return record
+        return record.knowing_statement(statement)
 
 
 def attacker_core(

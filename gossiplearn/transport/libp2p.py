@@ -223,11 +223,13 @@ class Libp2pTransport:
     ``connect_timeout`` bounds a dial, ``send_timeout`` one whole send (stream opening,
     payload, acknowledgement), ``read_timeout`` each read of an inbound stream.
 
-    Inbound resource limits: at most ``max_inbound_streams`` frames are read at once
-    (others wait), at most ``max_inbound_per_peer`` of them from one peer (more are refused
-    at once), and each peer may push ``max_bytes_per_peer_per_second`` payload bytes per
-    second on average (None: unlimited), refused from the frame header, before the payload
-    is buffered. Refusals are counted by reason (:meth:`rejected_counts`); the sender gets
+    Inbound resource limits: at most ``max_inbound_streams`` frames are read at once, at
+    most ``max_reading_per_peer`` of them from one peer (others wait, holding no more than
+    the muxer's flow-control window); a peer with ``max_inbound_per_peer`` streams open
+    (reading or waiting) has more refused at once; and each peer may push
+    ``max_bytes_per_peer_per_second`` payload bytes per second on average (None:
+    unlimited), refused from the frame header, before the payload is buffered. Refusals
+    are counted by reason (:meth:`rejected_counts`); the sender gets
     :class:`~gossiplearn.transport.base.ReceiverBusy`.
     """
 
@@ -242,7 +244,8 @@ class Libp2pTransport:
         send_timeout: float = 120.0,
         read_timeout: float = 30.0,
         max_inbound_streams: int = 32,
-        max_inbound_per_peer: int = 4,
+        max_inbound_per_peer: int = 32,
+        max_reading_per_peer: int = 4,
         max_bytes_per_peer_per_second: float | None = None,
     ) -> None:
         if identity is not None and key_pair is not None:
@@ -267,6 +270,12 @@ class Libp2pTransport:
         self.read_timeout = read_timeout
         self.max_inbound_streams = max_inbound_streams
         self.limits = InboundLimits(max_inbound_per_peer, max_bytes_per_peer_per_second)
+        if max_reading_per_peer < 1:
+            raise ConfigError(f"max_reading_per_peer must be >= 1, got {max_reading_per_peer}")
+        self.max_reading_per_peer = max_reading_per_peer
+        #: sender -> its limiter of frames read at once (trio thread only; dropped when the
+        #: sender has no stream open).
+        self._reading: dict[str, trio.CapacityLimiter] = {}
         self._handlers: dict[str, Handler] = {}
         self._handler_tasks = HandlerTasks()
         self._addresses: list[str] = []
@@ -639,9 +648,15 @@ class Libp2pTransport:
             await self._refuse(stream, Status.BUSY)
             return
         try:
-            payload = await self._receive_frame(protocol, sender, stream)
+            reading = self._reading.get(sender)
+            if reading is None:
+                reading = self._reading[sender] = trio.CapacityLimiter(self.max_reading_per_peer)
+            async with reading:
+                payload = await self._receive_frame(protocol, sender, stream)
         finally:
             self.limits.close_stream(sender)
+            if sender not in self.limits.streams:
+                self._reading.pop(sender, None)
         if payload is None:
             return
         loop = self._loop

@@ -44,7 +44,7 @@ class TokenBucket:
 class InboundLimits:
     """Admission of inbound streams and frames, per sending peer.
 
-    ``max_streams_per_peer`` streams of one peer may be read at once; ``bytes_per_second``
+    ``max_streams_per_peer`` streams of one peer may be open at once; ``bytes_per_second``
     (None: unlimited) is each peer's sustained payload rate, with bursts of
     ``burst_seconds`` worth. Refusals are counted by reason in :attr:`rejected`, which
     other threads may read through :meth:`rejected_counts`.
@@ -52,7 +52,7 @@ class InboundLimits:
 
     def __init__(
         self,
-        max_streams_per_peer: int = 4,
+        max_streams_per_peer: int = 32,
         bytes_per_second: float | None = None,
         burst_seconds: float = 2.0,
     ) -> None:

@@ -3,19 +3,23 @@
     pip install atheris
     python tests/fuzz/atheris_wire.py -atheris_runs=200000      # libFuzzer flags work
 
-Seeds the corpus with a valid encoding of every message type (from test_fuzz_wire) and
-fails on anything but our own WireError subclasses, as the hypothesis tests do.
+Seeds a fresh corpus (in a temporary folder) with a valid encoding of every message type
+(from test_fuzz_wire) and fails on anything but our own WireError subclasses, as the
+hypothesis tests do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 from pathlib import Path
 
 import atheris
 
 with atheris.instrument_imports():
+    import gossiplearn.protocols.modest_messages
+    import gossiplearn.protocols.sybilwall_messages  # noqa: F401 (instrumented for coverage)
     from gossiplearn.errors import WireError
     from gossiplearn.protocols.codec import decode_message
 
@@ -29,8 +33,7 @@ def one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = Path(__file__).parent / "corpus"
-    corpus.mkdir(exist_ok=True)
+    corpus = Path(tempfile.mkdtemp(prefix="gossiplearn-atheris-"))
     for index, data in enumerate(VALID):
         (corpus / f"valid-{index}").write_bytes(data)
     atheris.Setup([*sys.argv, str(corpus)], one_input)

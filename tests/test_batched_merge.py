@@ -1,0 +1,237 @@
+"""Whole-model merges and deferred results give the same models as the per-peer path."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gossiplearn.scenarios.run as run_module
+from gossiplearn import make_config, simulate
+from gossiplearn.aggregation import get_aggregator
+from gossiplearn.aggregation._flat import layout_of
+from gossiplearn.aggregation._tensors import is_local_statistic
+from gossiplearn.learning.batched import BatchedPool
+from gossiplearn.learning.pool import DeferredParams, SequentialPool, deferring
+from gossiplearn.learning.trainer import Learner
+from gossiplearn.protocols.codec import encode, encoded_model_size
+from gossiplearn.protocols.messages import ModelMessage, spec_of
+from gossiplearn.types import Params
+from test_batched import _assert_same, _learners
+
+# ------------------------------------------------------- per-tensor references, as in a loop
+
+
+def _per_tensor(own: Params, merge_one: Any) -> Params:
+    return {
+        name: value if is_local_statistic(name, value) else merge_one(name, value)
+        for name, value in own.items()
+    }
+
+
+def _stack(models: Sequence[Params], name: str) -> np.ndarray:
+    return np.stack([np.asarray(m[name], dtype=np.float64) for m in models])
+
+
+def _reference_mean(own: Params, received: list[Params], beta: float) -> Params:
+    return _per_tensor(
+        own,
+        lambda name, value: (
+            beta * value.astype(np.float64) + (1 - beta) * _stack(received, name).mean(axis=0)
+        ).astype(value.dtype),
+    )
+
+
+def _reference_vc(own: Params, received: list[Params], beta: float, target: str) -> Params:
+    def one(name: str, value: np.ndarray) -> np.ndarray:
+        models = _stack(received, name)
+        mixed = beta * value.astype(np.float64) + (1 - beta) * models.mean(axis=0)
+        if value.size > 1:
+            wanted = models.reshape(len(models), -1).var(axis=1, ddof=1).mean()
+            if target == "conservative":
+                wanted = beta * value.astype(np.float64).var(ddof=1) + (1 - beta) * wanted
+            centre = mixed.mean()
+            scale = np.sqrt((wanted + 1e-4) / (mixed.var(ddof=1) + 1e-4))
+            mixed = (mixed - centre) * scale + centre
+        return mixed.astype(value.dtype)
+
+    return _per_tensor(own, one)
+
+
+def _reference_trimmed(own: Params, received: list[Params], trim: int) -> Params:
+    models = [own, *received]
+
+    def one(name: str, value: np.ndarray) -> np.ndarray:
+        kept = np.sort(_stack(models, name), axis=0)[trim : len(models) - trim]
+        return kept.mean(axis=0).astype(value.dtype)
+
+    return _per_tensor(own, one)
+
+
+def _reference_median(own: Params, received: list[Params]) -> Params:
+    models = [own, *received]
+    return _per_tensor(
+        own, lambda name, value: np.median(_stack(models, name), axis=0).astype(value.dtype)
+    )
+
+
+def _model(rng: np.random.Generator, scale: float = 1.0) -> Params:
+    """A model with every kind of tensor: conv weights, a bias, a one-element tensor, an
+    empty one, BN statistics and an integer buffer."""
+    return {
+        "conv.weight": (rng.normal(size=(4, 2, 3, 3)) * scale).astype(np.float32),
+        "conv.bias": rng.normal(size=4).astype(np.float32),
+        "scalar": rng.normal(size=1).astype(np.float32),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "bn.running_mean": rng.normal(size=4).astype(np.float32),
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+        "fc.weight": (rng.normal(size=(10, 36)) + 0.5).astype(np.float32),
+    }
+
+
+def _assert_equal_models(expected: Params, actual: Params) -> None:
+    assert list(expected) == list(actual)
+    for name, value in expected.items():
+        assert actual[name].dtype == value.dtype and actual[name].shape == value.shape, name
+        np.testing.assert_allclose(actual[name], value, rtol=2e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("received_count", [1, 4, 7])
+def test_whole_model_rules_equal_their_per_tensor_definitions(received_count: int) -> None:
+    rng = np.random.default_rng(received_count)
+    own = _model(rng)
+    received = [_model(rng, scale=1 + i) for i in range(received_count)]
+    for beta in (0.0, 0.5, 0.9):
+        merged = get_aggregator("mean", beta=beta)(own, received)
+        _assert_equal_models(_reference_mean(own, received, beta), merged)
+        for target in ("others", "conservative"):
+            merged = get_aggregator("vc", beta=beta, target=target)(own, received)
+            if received_count == 1 and target == "others":
+                continue  # one received model: its variance is the target, as below
+            _assert_equal_models(_reference_vc(own, received, beta, target), merged)
+    _assert_equal_models(_reference_median(own, received), get_aggregator("median")(own, received))
+    trim = (received_count + 1 - 1) // 2 if received_count < 4 else 1
+    merged = get_aggregator("trimmed-mean", trim=trim)(own, received)
+    _assert_equal_models(_reference_trimmed(own, received, trim), merged)
+
+
+def test_local_statistics_and_one_element_tensors_are_kept() -> None:
+    rng = np.random.default_rng(0)
+    own, received = _model(rng), [_model(rng, 3.0) for _ in range(3)]
+    merged = get_aggregator("vc")(own, received)
+    assert merged["bn.running_mean"] is own["bn.running_mean"]
+    assert merged["bn.num_batches_tracked"] is own["bn.num_batches_tracked"]
+    scalar = 0.5 * own["scalar"] + 0.5 * np.mean([r["scalar"] for r in received], axis=0)
+    np.testing.assert_allclose(merged["scalar"], scalar, rtol=1e-6)
+    layout = layout_of(own)
+    assert layout.size == 4 * 2 * 9 + 4 + 1 + 10 * 36
+    assert layout_of(dict(own)) is layout  # cached per shape
+
+
+# ------------------------------------------------------------------------ deferred values
+
+
+def test_deferred_params_fill_once_on_any_read() -> None:
+    calls: list[int] = []
+    value = {"a": np.ones(2, dtype=np.float32), "b": np.zeros(1, dtype=np.float32)}
+
+    def source() -> Params:
+        calls.append(1)
+        return dict(value)
+
+    reads = [
+        dict,
+        lambda d: {**d},
+        lambda d: list(d.items()),
+        len,
+        lambda d: d["a"],
+        copy.deepcopy,
+        lambda d: pickle.loads(pickle.dumps(d)),
+    ]
+    for read in reads:
+        deferred = DeferredParams(source, spec_of(value))
+        assert not deferred.ready and calls == []
+        read(deferred)
+        read(deferred)
+        assert deferred.ready and calls == [1], read
+        assert list(deferred) == ["a", "b"]
+        calls.clear()
+
+
+def test_a_message_is_sized_without_its_tensors() -> None:
+    params = _model(np.random.default_rng(1))
+    for round_, samples in [(0, 0), (1, 60), (200, 70_000)]:
+        message = ModelMessage(round_, params, samples)
+        assert encoded_model_size(round_, samples, spec_of(params)) == len(encode(message))
+
+
+def _submit_rounds(pool: Any, learners: list[Learner], *, deferred: bool) -> list[Params]:
+    """Three rounds of chained jobs; every other round, a merge of peer 0's and 1's result."""
+    params = [learner.params() for learner in learners]
+    merge = get_aggregator("vc")
+    if deferred:
+        merge = deferring(merge)
+    for _ in range(3):
+        tickets = [pool.submit(peer, params[peer], 3) for peer in range(len(learners))]
+        take = pool.claim if deferred else pool.result
+        params = [take(ticket) for ticket in tickets]
+        params[0] = merge(params[0], [params[1]])
+    return [dict(p) for p in params]
+
+
+def test_deferred_results_chain_jobs_and_merges_into_one_flush() -> None:
+    expected = _submit_rounds(SequentialPool(_learners("cnn")), _learners("cnn"), deferred=False)
+    pool = BatchedPool(_learners("cnn"))
+    actual = _submit_rounds(pool, _learners("cnn"), deferred=True)
+    assert pool.flushes == 1 and pool.jobs_run == 3 * len(actual)  # nothing ran until read
+    for want, got in zip(expected, actual, strict=True):
+        _assert_same(want, got)
+
+
+def test_a_claimed_result_survives_the_next_submit_and_an_abandoned_one_is_none() -> None:
+    learners = _learners("mlp")
+    pool = BatchedPool(learners)
+    start = learners[0].params()
+    abandoned = pool.submit(0, start, 2)
+    first = pool.submit(0, start, 2)
+    assert pool.claim(abandoned) is None
+    deferred = pool.claim(first)
+    assert isinstance(deferred, DeferredParams) and not deferred.ready
+    pool.submit(0, deferred, 2)  # chained: starts from the result not yet computed
+    sequential = SequentialPool(_learners("mlp"))
+    sequential.submit(0, start, 2)
+    _assert_same(sequential.result(sequential.submit(0, start, 2)), dict(deferred))
+
+
+# ------------------------------------------------------------------------- whole simulation
+
+
+def test_deferring_simulation_matches_sequential_and_batches_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base: dict[str, Any] = dict(
+        peers=12, rounds=3, topology="regular:3", dataset="digits", model="mlp", seed=3,
+        aggregator="vc", batch_size=16,
+    )  # fmt: skip
+    expected = simulate(make_config(**base))
+    pools: list[BatchedPool] = []
+
+    def capture(learners: list[Learner]) -> BatchedPool:
+        pools.append(BatchedPool(learners))
+        return pools[-1]
+
+    monkeypatch.setattr(run_module, "BatchedPool", capture)
+    actual = simulate(make_config(**base, engine="batched"))
+    same = {"rounds", "bytes_sent", "messages_sent", "messages_rejected", "virtual_time"}
+    assert {k: expected.summary[k] for k in same} == {k: actual.summary[k] for k in same}
+    for peer, accuracy in expected.summary["peer_accuracy"].items():
+        assert actual.summary["peer_accuracy"][peer] == pytest.approx(accuracy, abs=0.02)
+    # Deferred merges let jobs of different rounds wait together: far fewer flushes than
+    # jobs (a flush per TrainingDone would be one per job and peer).
+    pool = pools[0]
+    assert pool.jobs_run == base["peers"] * base["rounds"]
+    assert pool.flushes <= base["rounds"] + 2
