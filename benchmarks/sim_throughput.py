@@ -10,11 +10,17 @@ epoch per round with SGD (momentum 0.9, batch 32) from its previous round's mode
 The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()`` run
 (gossip, 100 peers) with either pool.
 
+(e) End to end (issue #7): ``simulate()`` with ``engine="batched"``, 1,000 peers x 60
+    samples (IID), ``regular:4``, gossip with vc, 100 rounds, accuracy on 500 test samples
+    every 10 rounds: wall and CPU time, peak RSS, final mean accuracy, and where the time
+    went (training flushes, merges, wire codec, evaluation; "other" is the rest: the
+    event loop, the protocol cores, setup).
+
 Every measurement runs in a fresh process (so its peak RSS is its own), with the same
 ``torch.set_num_threads``. Samples/s counts training samples (one epoch per peer per round).
 
     python benchmarks/sim_throughput.py            # 3 timed rounds, + vmap and simulate rows
-    python benchmarks/sim_throughput.py --quick    # 1 timed round, under 2 minutes
+    python benchmarks/sim_throughput.py --quick    # 1 timed round, (e) 1 round
 
 Writes benchmarks/results/sim_throughput.json (sim_throughput_quick.json with --quick).
 """
@@ -234,6 +240,23 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
     }
 
 
+def _end_to_end_table(run: dict[str, Any]) -> Table:
+    title = (
+        f"(e) {run['peers']:,} peers x {run['samples_per_peer']} samples, gossip + vc, "
+        f"{run['rounds']} rounds, eval every {run['eval_every']}"
+    )
+    table = Table("measure", "value", title=title)
+    table.add_row("wall time", f"{run['wall_s']:,.0f} s ({run['wall_s'] / 60:.1f} min)")
+    table.add_row("CPU time", f"{run['cpu_s']:,.0f} s")
+    table.add_row("peak RSS", f"{run['peak_rss_mb']:,.0f} MB")
+    table.add_row("final mean accuracy", f"{run['mean_accuracy']:.3f}")
+    table.add_row("training samples/s", f"{run['train_samples_per_s']:,.0f}")
+    table.add_row("jobs per training flush", f"{run['jobs_per_flush']:.0f}")
+    for part, seconds in run["seconds"].items():
+        table.add_row(f"  {part}", f"{seconds:,.0f} s")
+    return table
+
+
 def _isolated(function: Any, *args: Any) -> dict[str, Any]:
     """Run ``function(*args)`` in a fresh process, so that its peak RSS is its own."""
     with multiprocessing.get_context("spawn").Pool(1) as worker:
@@ -246,6 +269,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 timed round, under 2 minutes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every run")
     parser.add_argument("--rounds", type=int, help="timed rounds (default 3, quick 1)")
+    parser.add_argument("--e2e-rounds", type=int, help="(e) rounds (default 100, quick 1)")
+    parser.add_argument("--e2e-eval-every", type=int, default=10, help="(e) eval_every")
     parser.add_argument(
         "--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, help="BatchedPool chunk"
     )
@@ -312,6 +337,11 @@ def main() -> int:
         row(100, "simulate(), SequentialPool", sims["sequential"])
         ratio("speed-up", sims["batched"]["samples_per_s"] / sims["sequential"]["samples_per_s"])
     console.print(table)
+
+    e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
+    e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
+    report["end_to_end_1000_peers"] = e2e
+    console.print(_end_to_end_table(e2e))
 
     report["load_average_before_after"] = [load_before, os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)

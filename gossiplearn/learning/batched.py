@@ -54,11 +54,11 @@ from torch.func import functional_call, vmap
 
 from gossiplearn.errors import ModelError
 from gossiplearn.learning.pool import DeferredParams, Ticket
-from gossiplearn.learning.trainer import Learner
+from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.protocols.messages import ModelSpec
 from gossiplearn.types import Params
 
-__all__ = ["BatchedPool", "Engine"]
+__all__ = ["BatchedPool", "Engine", "StackedEvaluator"]
 
 Engine = Literal["auto", "stacked", "vmap"]
 
@@ -78,6 +78,7 @@ class _Step:
     params: dict[str, Tensor]  # autograd leaves [k, ...]
     buffers: dict[str, Tensor]  # views [k, ...] of the chunk's state, updated in place
     valid: Tensor | None  # [k, B] 1/0 mask when some batch is padded, else None
+    training: bool = True  # False: BatchNorm uses (and keeps) its running statistics
 
 
 _Layer = Callable[[Tensor, _Step], Tensor]
@@ -126,9 +127,13 @@ class _StackedNet(_Net):
         return x.permute(0, 3, 1, 2)  # logical [B, k*C, H, W], channels-last in memory
 
     def loss(self, step: _Step, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+        return _weighted_ce(self.logits(step, x), y, weight)
+
+    def logits(self, step: _Step, x: Tensor) -> Tensor:
+        """``[k, B, classes]`` for the gathered input of k peers."""
         for layer in self.layers:
             x = layer(x, step)
-        return _weighted_ce(x, y, weight)
+        return x
 
     @classmethod
     def compile(cls, model: nn.Module) -> _StackedNet | None:
@@ -233,6 +238,11 @@ def _batchnorm(name: str, momentum: float, eps: float) -> _Layer:
     def batchnorm(x: Tensor, step: _Step) -> Tensor:
         mean, var = step.buffers[f"{name}.running_mean"], step.buffers[f"{name}.running_var"]
         weight, bias = step.params[f"{name}.weight"], step.params[f"{name}.bias"]
+        if not step.training:
+            return F.batch_norm(
+                x, mean.view(-1), var.view(-1), weight.reshape(-1), bias.reshape(-1),
+                False, 0.0, eps,
+            )  # fmt: skip
         step.buffers[f"{name}.num_batches_tracked"].add_(1)
         if step.valid is None:  # P*C independent channels == per-peer BatchNorm
             return F.batch_norm(
@@ -627,3 +637,63 @@ def _activation_floats(model: nn.Module, shape: tuple[int, ...]) -> int:
     with torch.no_grad():
         probe(torch.zeros(1, *shape))
     return total
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+class StackedEvaluator(Evaluator):
+    """An :class:`Evaluator` that also scores many models at once, stacked like training.
+
+    :meth:`accuracies` runs chunks of models through the stacked form of the model (each
+    model sees every test sample; BatchNorm in eval mode), so the same predictions come out
+    as from :meth:`Evaluator.accuracy` one model at a time, up to float rounding.
+    Models without a stacked form are scored one by one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int = 256,
+        chunk_bytes: int = 8 * DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        super().__init__(model, x, y)
+        self.net = _StackedNet.compile(model)
+        self.batch_size = batch_size
+        self.names = list(model.state_dict())
+        self._trainable = {name for name, _ in model.named_parameters()}
+        sample_bytes = 4 * _activation_floats(model, tuple(x.shape[1:]))
+        self.per_chunk = max(1, chunk_bytes // (min(batch_size, len(x)) * sample_bytes))
+        with torch.no_grad():
+            self._data = None if self.net is None else self.net.prepare(x.float())
+
+    @torch.no_grad()
+    def accuracies(self, models: Sequence[Params]) -> list[float]:
+        """The accuracy of each model on the test set, in order."""
+        if self.net is None or self._data is None:
+            return [self.accuracy(params) for params in models]
+        scores: list[float] = []
+        for start in range(0, len(models), self.per_chunk):
+            scores += self._chunk(self.net, self._data, models[start : start + self.per_chunk])
+        return scores
+
+    def _chunk(self, net: _StackedNet, data: Tensor, models: Sequence[Params]) -> list[float]:
+        state = {
+            name: torch.from_numpy(np.stack([np.asarray(m[name]) for m in models]))
+            for name in self.names
+        }
+        step = _Step(
+            {name: t.float() for name, t in state.items() if name in self._trainable},
+            {name: t for name, t in state.items() if name not in self._trainable},
+            None,
+            training=False,
+        )
+        correct = torch.zeros(len(models), dtype=torch.long)
+        for start in range(0, len(self.y), self.batch_size):
+            rows = torch.arange(start, min(start + self.batch_size, len(self.y)))
+            logits = net.logits(step, net.gather(data, rows.expand(len(models), -1)))
+            correct += (logits.argmax(dim=-1) == self.y[rows]).sum(dim=1)
+        return (correct.double() / len(self.y)).tolist()

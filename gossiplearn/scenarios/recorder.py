@@ -11,6 +11,9 @@ from gossiplearn.types import Params, PeerId
 
 MetricsLine = dict[str, Any]
 
+#: Reports scored together at most (bounds the models held for scoring).
+SCORE_BATCH = 200
+
 
 class RoundRecorder:
     """Evaluates reported models every ``eval_every`` rounds and in the last round.
@@ -51,6 +54,9 @@ class RoundRecorder:
         self._time: defaultdict[int, float] = defaultdict(float)
         self._latest = 0  # highest round reported
         self._emitted = 0  # highest round whose line is out
+        #: Reports whose accuracy is not computed yet: scored together, in report order,
+        #: when an evaluator can score many models at once (StackedEvaluator).
+        self._unscored: list[tuple[PeerId, Params, dict[str, float]]] = []
 
     def add_reporter(self, peer: PeerId, after_round: int) -> None:
         """Wait for ``peer``'s reports of the rounds after ``after_round``."""
@@ -62,6 +68,7 @@ class RoundRecorder:
         reported before stays in its rounds' lines)."""
         if self.reporters is not None:
             self.reporters.pop(peer, None)
+        self._score()  # its reports so far count in their lines
         self.final_accuracy.pop(peer, None)
         self._emit_complete()
 
@@ -73,12 +80,25 @@ class RoundRecorder:
         if not self.evaluated(round_) or round_ <= self._emitted:
             self._emit_complete()
             return
-        accuracy = self.evaluator.accuracy(params)
-        measures = {"accuracy": accuracy, **(self.extra(peer, params) if self.extra else {})}
+        measures = self.extra(peer, params) if self.extra else {}
         self._pending[round_][peer] = measures
         self._time[round_] = max(self._time[round_], time)
-        self.final_accuracy[peer] = accuracy
+        self._unscored.append((peer, params, measures))
+        if len(self._unscored) >= SCORE_BATCH or not hasattr(self.evaluator, "accuracies"):
+            self._score()
         self._emit_complete()
+
+    def _score(self) -> None:
+        """Add the accuracy to every report waiting for it (many models at once)."""
+        if not self._unscored:
+            return
+        unscored, self._unscored = self._unscored, []
+        models = [params for _, params, _ in unscored]
+        many = getattr(self.evaluator, "accuracies", None)
+        scores = many(models) if many else [self.evaluator.accuracy(m) for m in models]
+        for (peer, _, measures), accuracy in zip(unscored, scores, strict=True):
+            measures["accuracy"] = accuracy
+            self.final_accuracy[peer] = accuracy
 
     def _emit_complete(self) -> None:
         for round_ in sorted(self._pending):
@@ -98,6 +118,7 @@ class RoundRecorder:
             self._emit(round_)
 
     def _emit(self, round_: int) -> None:
+        self._score()
         self._emitted = max(self._emitted, round_)
         measures = list(self._pending.pop(round_).values())
         accuracies = [m["accuracy"] for m in measures]

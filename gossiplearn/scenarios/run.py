@@ -24,7 +24,7 @@ from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
-from gossiplearn.learning.batched import BatchedPool
+from gossiplearn.learning.batched import BatchedPool, StackedEvaluator
 from gossiplearn.learning.datasets import Dataset, load_dataset
 from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
@@ -393,6 +393,8 @@ def _evaluator(
             transfer.model(), transfer.features(torch.from_numpy(x)), torch.from_numpy(y)
         )
     model = build_model(config.model, data.input_shape, data.num_classes, seed=0)
+    if config.engine == "batched":  # scores many reported models at once
+        return StackedEvaluator(model, torch.from_numpy(x), torch.from_numpy(y))
     return Evaluator(model, torch.from_numpy(x), torch.from_numpy(y))
 
 
