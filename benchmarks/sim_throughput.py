@@ -290,6 +290,12 @@ def main() -> int:
         "chunk_mb": args.chunk_mb,
         "quick": args.quick,
     }
+    # (e) first: the longest run, and its table is printed as soon as it is done.
+    e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
+    e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
+    report["end_to_end_1000_peers"] = e2e
+    console.print(_end_to_end_table(e2e))
+
     table = Table("peers", "samples/peer", "run", "samples/s", "ratio", "peak RSS MB")
 
     def row(peers: int, name: str, run: dict[str, Any]) -> None:
@@ -337,11 +343,6 @@ def main() -> int:
         row(100, "simulate(), SequentialPool", sims["sequential"])
         ratio("speed-up", sims["batched"]["samples_per_s"] / sims["sequential"]["samples_per_s"])
     console.print(table)
-
-    e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
-    e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
-    report["end_to_end_1000_peers"] = e2e
-    console.print(_end_to_end_table(e2e))
 
     report["load_average_before_after"] = [load_before, os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)

@@ -382,11 +382,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     index, total = parse_partition_index(args.partition_index)
     options = PeerOptions(
         config=config,
-        listen=args.listen,
-        bootstrap=args.bootstrap,
-        identity=args.identity,
-        state_dir=args.state_dir,
-        out=args.out,
+        **_where(args),
         dataset=args.dataset or "digits",
         data_dir=args.data_dir,
         partition=args.partition or "iid",
@@ -395,8 +391,6 @@ def cmd_peer(args: argparse.Namespace) -> int:
         model=args.model or "mlp",
         shared_init=bool(args.shared_init),
         threads=args.threads or 1,
-        metrics_port=args.metrics_port,
-        metrics_address=args.metrics_address,
     )
     return asyncio.run(run_peer(options))
 
@@ -421,6 +415,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """PeerOptions given by the peer's own flags: addresses, files, metrics endpoint."""
+    names = ("listen", "bootstrap", "identity", "state_dir", "out", "metrics_port",
+             "metrics_address")  # fmt: skip
+    return {name: getattr(args, name) for name in names}
 
 
 _SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
@@ -450,11 +451,7 @@ def _scenario_role(args: argparse.Namespace) -> Any:
         settings = validated(PeerConfig, "options", settings.model_dump() | own)
     return PeerOptions(
         config=settings,
-        listen=args.listen,
-        bootstrap=args.bootstrap,
-        identity=args.identity,
-        state_dir=args.state_dir,
-        out=args.out,
+        **_where(args),
         dataset=config.dataset,
         data_dir=config.data_dir,
         partition=config.partition,
@@ -463,8 +460,6 @@ def _scenario_role(args: argparse.Namespace) -> Any:
         model=config.model,
         shared_init=config.shared_init,
         threads=config.threads,
-        metrics_port=args.metrics_port,
-        metrics_address=args.metrics_address,
         scenario=config,
         timeline=own_steps(config, args.index, attackers),
         roster=read_roster(args.roster),

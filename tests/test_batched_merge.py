@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from test_batched import _assert_same, _learners
 
 import gossiplearn.scenarios.run as run_module
 from gossiplearn import make_config, simulate
@@ -21,7 +23,6 @@ from gossiplearn.learning.trainer import Learner
 from gossiplearn.protocols.codec import encode, encoded_model_size
 from gossiplearn.protocols.messages import ModelMessage, spec_of
 from gossiplearn.types import Params
-from test_batched import _assert_same, _learners
 
 # ------------------------------------------------------- per-tensor references, as in a loop
 
@@ -235,3 +236,27 @@ def test_deferring_simulation_matches_sequential_and_batches_more(
     pool = pools[0]
     assert pool.jobs_run == base["peers"] * base["rounds"]
     assert pool.flushes <= base["rounds"] + 2
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@pytest.mark.parametrize("model", ["cnn", "cnn-bn", "mlp"])
+def test_stacked_evaluator_scores_like_one_model_at_a_time(model: str) -> None:
+    from gossiplearn.learning.batched import StackedEvaluator
+    from gossiplearn.learning.models import build_model
+    from gossiplearn.learning.trainer import Evaluator
+
+    rng = torch.Generator().manual_seed(0)
+    x, y = torch.rand(70, 1, 8, 8, generator=rng), torch.randint(0, 10, (70,), generator=rng)
+    models = [learner.params() for learner in _learners(model)]
+    for params in models:  # BN statistics that differ per model: eval mode must use them
+        for name in params:
+            if name.endswith("running_mean"):
+                params[name] = np.random.default_rng(1).normal(size=params[name].shape)
+                params[name] = params[name].astype(np.float32)
+    one = Evaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y)
+    many = StackedEvaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y, batch_size=32)
+    many.per_chunk = 2  # several chunks and a short last batch
+    expected = [one.accuracy(params) for params in models]
+    assert many.accuracies(models) == pytest.approx(expected, abs=1.5 / len(y))
