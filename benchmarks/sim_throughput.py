@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from gossiplearn.learning.batched import DEFAULT_CHUNK_BYTES, BatchedPool, Engine
+from gossiplearn.learning.batched import DEFAULT_CHUNK_BYTES, BatchedPool, Engine, StackedEvaluator
 from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.learning.models import build_model
 from gossiplearn.learning.pool import SequentialPool, TrainingPool
@@ -210,6 +210,8 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
     for name in ("encode", "decode_message"):
         setattr(simulator_module, name, parts.timed("codec", getattr(simulator_module, name)))
     setattr(Evaluator, "accuracy", parts.timed("eval", Evaluator.accuracy))  # noqa: B010
+    scored = parts.timed("eval", StackedEvaluator.accuracies)
+    setattr(StackedEvaluator, "accuracies", scored)  # noqa: B010
     pools: list[BatchedPool] = []
 
     def batched(learners: list[Learner]) -> BatchedPool:
