@@ -10,7 +10,7 @@ epoch per round with SGD (momentum 0.9, batch 32) from its previous round's mode
 The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()`` run
 (gossip, 100 peers) with either pool.
 
-(e) End to end (issue #7): ``simulate()`` with ``engine="batched"``, 1,000 peers x 60
+(e) End to end: ``simulate()`` with ``engine="batched"``, 1,000 peers x 60
     samples (IID), ``regular:4``, gossip with vc, 100 rounds, accuracy on 500 test samples
     every 10 rounds: wall and CPU time, peak RSS, final mean accuracy, and where the time
     went (training flushes, merges, wire codec, evaluation; "other" is the rest: the
@@ -53,7 +53,7 @@ RESULTS = Path(__file__).parent / "results"
 MODEL = "cnn"
 BATCH = 32  # the default RunConfig.batch_size; 600 = 18x32 + 24 and 60 = 32 + 28
 SHARDS = {100: 600, 1000: 60}  # peers -> samples per peer (60,000 training samples in all)
-#: The end-to-end run of issue #7: 1,000 peers x 60 samples (IID), gossip with vc.
+#: The end-to-end run: 1,000 peers x 60 samples (IID), gossip with vc.
 E2E: dict[str, Any] = dict(
     dataset="fashion-mnist", model=MODEL, batch_size=BATCH, topology="regular:4",
     aggregator="vc", engine="batched", eval_samples=500,
