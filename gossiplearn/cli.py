@@ -425,7 +425,9 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
-_PEER_SETTINGS = ("neighbours", "exchange_interval", "min_neighbours", "start_timeout")
+_PEER_SETTINGS = (
+    "neighbours", "exchange_interval", "min_neighbours", "start_timeout", "inbound_mb_per_second"
+)  # fmt: skip
 
 
 def _scenario_role(args: argparse.Namespace) -> Any:
@@ -516,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--exchange-interval", type=float, help="seconds between peer exchanges (default 2)")
     add("--min-neighbours", type=int, help="neighbours to wait for before round 1 (default 1)")
     add("--start-timeout", type=float, help="seconds to wait for them at most (default 10)")
+    add(
+        "--inbound-mb-per-second",
+        type=float,
+        help="MiB/s one neighbour may push on average; more is refused (default 32)",
+    )
     add("--log-level", default="warning", help="debug, info, warning (default), error")
     add("--log-format", choices=["text", "json"], default="text", help="log line format")
     add("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")

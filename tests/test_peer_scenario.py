@@ -121,7 +121,9 @@ async def test_a_partition_blocks_the_other_group_until_healed() -> None:
         while peers[0].status().round < 7:
             await asyncio.sleep(0.05)
         clock.cancel()
-    assert blocked[1] == set() and blocked[3] == {"c"} and blocked[7] == set()
+    assert blocked[1] == set()  # before the partition
+    assert {"c"} in [blocked.get(r) for r in range(3, 6)]  # during it: c is cut off
+    assert peers[0].blocked == set()  # healed
 
 
 def test_partition_events_need_a_roster() -> None:

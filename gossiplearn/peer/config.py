@@ -27,6 +27,9 @@ class PeerConfig(LearningConfig):
     start_timeout: float = Field(10.0, ge=0)
     exchange_interval: float = Field(2.0, gt=0)
     send_timeout: float = Field(30.0, gt=0)
+    #: Payload one neighbour may push per second, on average (bursts of two seconds'
+    #: worth); more is refused before it is buffered.
+    inbound_mb_per_second: float = Field(32.0, gt=0)
 
     @model_validator(mode="after")
     def _attack_fits(self) -> PeerConfig:

@@ -76,10 +76,6 @@ EVENTS = ("round", "merged", "peer_joined", "peer_left", "rejected", "sent")
 
 Listener = Callable[[dict[str, Any]], Any]
 
-#: Payload bytes per second one neighbour may push to a libp2p peer, on average (bursts
-#: of two seconds' worth); more is refused before it is buffered.
-PEER_BYTES_PER_SECOND = 32 * 2**20
-
 
 @dataclass
 class PeerStatus:
@@ -117,7 +113,8 @@ class Peer:
     ) -> None:
         self.config = config or PeerConfig()
         max_frame = int(self.config.max_message_mb * 2**20) + 4096
-        self.transport = transport or _libp2p_transport(listen, identity, max_frame)
+        rate = self.config.inbound_mb_per_second * 2**20
+        self.transport = transport or _libp2p_transport(listen, identity, max_frame, rate)
         self.bootstrap = list(bootstrap)
         self.state_dir = state_dir
         seeds = np.random.SeedSequence(self.config.seed).spawn(3)
@@ -567,12 +564,14 @@ def _clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def _libp2p_transport(listen: str, identity: Path | None, max_frame_bytes: int) -> Transport:
+def _libp2p_transport(
+    listen: str, identity: Path | None, max_frame_bytes: int, bytes_per_second: float
+) -> Transport:
     from gossiplearn.transport.libp2p import Libp2pTransport  # heavy: imported on demand
 
     return Libp2pTransport(
         identity,
         listen=listen,
         max_frame_bytes=max_frame_bytes,
-        max_bytes_per_peer_per_second=PEER_BYTES_PER_SECOND,
+        max_bytes_per_peer_per_second=bytes_per_second,
     )
