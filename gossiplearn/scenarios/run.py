@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
+from gossiplearn.attacks import Attack
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
@@ -324,10 +325,7 @@ def _rebuilder(
             inner = _gossip_core(
                 config, learner, old.inner.neighbours, old.inner.merge, rng, round_, params
             )
-            sign = config.aggregator == "sybilwall"  # its pushes must be signed to travel
-            attacker = attacker_core(
-                config.seed, sign, i, inner, old.attack, old.rng, old.identities
-            )
+            attacker = _attacker(config, i, inner, old.attack, old.rng, old.identities)
             attacker.active = old.active
             cores[i] = attacker
             return attacker, []
@@ -369,12 +367,23 @@ def _arm(
         neighbours = sorted(graph.neighbors(attacker))
         inner = _gossip_core(config, learners[attacker], neighbours, follow, rng)
         sybils = identities if config.sybils > 1 else None
-        sign = config.aggregator == "sybilwall"  # its pushes must be signed to travel
-        cores[attacker] = attacker_core(
-            config.seed, sign, attacker, inner, adversary.attack, rng, sybils
-        )
+        cores[attacker] = _attacker(config, attacker, inner, adversary.attack, rng, sybils)
     for sybil in adversary.sybils:
         cores[sybil] = IdleCore()
+
+
+def _attacker(
+    config: RunConfig,
+    me: PeerId,
+    inner: Core,
+    attack: Attack,
+    rng: np.random.Generator,
+    identities: Mapping[PeerId, Sequence[PeerId]] | None,
+) -> AttackerCore:
+    """Attacker ``me`` around ``inner``; against SybilWall its pushes must be signed to
+    travel, so it signs them with the keys of its identities."""
+    sign = config.aggregator == "sybilwall"
+    return attacker_core(config.seed, sign, me, inner, attack, rng, identities)
 
 
 def _keep_own(own: Params, received: Sequence[Params]) -> Params:
