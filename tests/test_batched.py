@@ -14,6 +14,7 @@ import gossiplearn.scenarios.run as run_module
 from gossiplearn import make_config, simulate
 from gossiplearn.errors import ModelError
 from gossiplearn.learning.batched import BatchedPool, Engine
+from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.learning.models import MODELS, build_model
 from gossiplearn.learning.pool import SequentialPool
 from gossiplearn.learning.trainer import Learner
@@ -188,14 +189,16 @@ class _Twin:
     """A pool that gives every job to both pools and checks that their results agree.
 
     It hands the simulation SequentialPool's results, so both pools see exactly the submit
-    sequence of a real simulated run (including abandoned jobs).
+    sequence of a real simulated run (including abandoned jobs). Each job's disagreement is
+    recorded relative to the job's own update (see :func:`_disagreement`).
     """
 
     def __init__(self, learners: list[Learner]) -> None:
         self.batched = BatchedPool(learners)  # copies the learners' state before any training
         self.sequential = SequentialPool(learners)
         self.tickets: dict[int, int] = {}
-        self.compared = 0
+        self.starts: dict[int, Params] = {}
+        self.disagreements: list[float] = []
         self.most_pending = 0
 
     def samples_per_step(self, peer: int) -> int:
@@ -205,21 +208,37 @@ class _Twin:
     def submit(self, peer: int, params: Params, steps: int) -> int:
         ticket = self.sequential.submit(peer, params, steps)
         self.tickets[ticket] = self.batched.submit(peer, params, steps)
+        self.starts[ticket] = params
         return ticket
 
     def result(self, ticket: int) -> Params | None:
         self.most_pending = max(self.most_pending, self.batched.pending)
         expected = self.sequential.result(ticket)
-        _assert_same(expected, self.batched.result(self.tickets.pop(ticket)))
-        self.compared += expected is not None
-        return expected
+        return self._compare(ticket, expected, self.batched.result(self.tickets.pop(ticket)))
 
     def claim(self, ticket: int) -> Params | None:
         self.most_pending = max(self.most_pending, self.batched.pending)
         expected = self.sequential.claim(ticket)
-        _assert_same(expected, self.batched.claim(self.tickets.pop(ticket)))
-        self.compared += expected is not None
+        return self._compare(ticket, expected, self.batched.claim(self.tickets.pop(ticket)))
+
+    def _compare(
+        self, ticket: int, expected: Params | None, actual: Params | None
+    ) -> Params | None:
+        start = self.starts.pop(ticket)
+        assert (expected is None) == (actual is None)  # the same jobs are abandoned
+        if expected is not None and actual is not None:
+            assert list(expected) == list(actual)
+            self.disagreements.append(_disagreement(start, expected, actual))
         return expected
+
+
+def _disagreement(start: Params, expected: Params, actual: Params) -> float:
+    """How far two results of one job are apart, relative to how far the job moved."""
+
+    def distance(a: Params, b: Params) -> float:
+        return float(np.sqrt(sum(np.sum((np.float64(a[k]) - np.float64(b[k])) ** 2) for k in a)))
+
+    return distance(expected, actual) / max(distance(start, expected), 1e-12)
 
 
 SIM: dict[str, Any] = dict(
@@ -229,7 +248,18 @@ SIM: dict[str, Any] = dict(
 
 @pytest.mark.parametrize("model", ["mlp", "cnn-bn"])
 def test_a_simulated_runs_jobs_agree(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # run.py builds SequentialPool(learners); a pool taking the same argument slots in.
+    # Over a run, the pools' results for a job are not equal to float32 rounding on every
+    # CPU: their steps use different kernels (grouped convolutions, batched matmuls) whose
+    # summation order depends on the instruction set, and a rounding difference that tips a
+    # max-pool or ReLU comparison changes one step's gradient by more than rounding. That
+    # peer's momentum then carries it into its later jobs (seen with ATEN_CPU_CAPABILITY=
+    # default or AVX-512: a few jobs of one or two peers at 2e-2..2e-1 of their own update,
+    # all others near 1e-6). So the bounds are relative to each job's own update:
+    # - most jobs agree to float rounding (a median of 1e-4 is ~100x the rounding seen);
+    #   a systematic error (a wrong step count, batch order or momentum) moves every job;
+    # - no job is off by half its own update: a job run from the wrong state or on the
+    #   wrong peer's data differs by about a whole update.
+    # One job from identical state is compared tightly in test_batched_equals_sequential.
     twins: list[_Twin] = []
 
     def twin(learners: list[Learner]) -> _Twin:
@@ -239,19 +269,27 @@ def test_a_simulated_runs_jobs_agree(model: str, monkeypatch: pytest.MonkeyPatch
     config = make_config(**SIM, model=model, weight_decay=1e-4)
     monkeypatch.setattr(run_module, "SequentialPool", twin)
     simulate(config)
-    assert twins[0].compared >= config.peers * config.rounds
+    disagreements = np.array(twins[0].disagreements)
+    assert len(disagreements) >= config.peers * config.rounds
+    assert np.median(disagreements) < 1e-4, np.sort(disagreements)
+    assert disagreements.max() < 0.5, np.sort(disagreements)
     assert twins[0].most_pending > 1  # jobs were deferred and batched
 
 
 def test_a_simulation_on_the_batched_pool_learns_alike(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Per job the pools agree to ~1e-6 (above); over a run, training amplifies rounding
-    # differences (as changing torch's thread count does), so compare loosely here.
+    # Per job the pools agree to rounding (above), so the traffic of a run is identical;
+    # over a run, training amplifies rounding differences (as changing torch's thread
+    # count does), so the two runs are two samples of the same training. Their accuracies
+    # then agree within the sampling error of an accuracy measured on the test set:
+    # 3 standard errors, sqrt(p (1 - p) / n), about 0.055 on digits' 359 test images.
     config = make_config(**(SIM | {"rounds": 6}), model="cnn-bn")
     expected = simulate(config)
     monkeypatch.setattr(run_module, "SequentialPool", BatchedPool)
     actual = simulate(config)
+    tested = len(load_dataset(config.dataset).test_y)
     for line, other in zip(expected.metrics, actual.metrics, strict=True):
         assert line["round"] == other["round"]
-        assert line["mean_accuracy"] == pytest.approx(other["mean_accuracy"], abs=0.03)
+        p = line["mean_accuracy"]
+        assert other["mean_accuracy"] == pytest.approx(p, abs=3 * np.sqrt(p * (1 - p) / tested))
     same = {"rounds", "bytes_sent", "messages_sent", "messages_rejected", "train_samples"}
     assert {k: expected.summary[k] for k in same} == {k: actual.summary[k] for k in same}
