@@ -73,6 +73,14 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--beta", type=float, help="weight of the own model in a gossip merge (default 0.5)")
     add("--vc-target", choices=["others", "conservative"], help="VC target variance")
+    add(
+        "--no-clip",
+        dest="clip",
+        action="store_const",
+        const=False,
+        help="mean and vc: average received models as they are, without self-centred "
+        "clipping (which bounds how far one Byzantine neighbour can pull a peer)",
+    )
     add("--push", choices=["all", "one"], help="push to all neighbours or one random one")
     add("--buffer-size", type=int, help="models to collect before merging (default: degree)")
     add(

@@ -72,6 +72,9 @@ class LearningConfig(BaseModel):
     #: Weight of the own model in a gossip merge (VC's β).
     beta: float = Field(0.5, ge=0, lt=1)
     vc_target: Literal["others", "conservative"] = "others"
+    #: mean and vc: clip received models around the own one before averaging (self-centred
+    #: clipping), so that one Byzantine neighbour cannot drag a peer arbitrarily far.
+    clip: bool = True
     #: Extra options of the aggregation rule, e.g. {"byzantine": 2} for krum.
     aggregator_params: dict[str, int | float | str] = Field(default_factory=dict)
     push: Literal["all", "one"] = "all"
@@ -120,7 +123,8 @@ class LearningConfig(BaseModel):
             allowed = [
                 name
                 for name, p in inspect.signature(rule).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("beta", "target")
+                if p.kind is inspect.Parameter.KEYWORD_ONLY
+                and name not in ("beta", "target", "clip")
             ]
             raise ValueError(
                 f"aggregator_params {sorted(self.aggregator_params)} do not fit "
@@ -134,6 +138,7 @@ class LearningConfig(BaseModel):
         options = dict(self.aggregator_params)
         if self.aggregator in ("mean", "vc"):
             options["beta"] = self.beta
+            options["clip"] = self.clip
         if self.aggregator == "vc":
             options["target"] = self.vc_target
         return options

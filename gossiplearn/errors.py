@@ -41,3 +41,8 @@ class ModelMismatch(WireError):
 
 class NonFiniteModel(WireError):
     """The model in a message holds NaN or Inf values."""
+
+
+class ModelOutOfRange(WireError):
+    """The model in a message holds values far beyond anything the receiver's own model
+    holds: no honest peer of the same run sends such a model."""

@@ -136,14 +136,27 @@ def test_gossip_merges_when_buffer_fills() -> None:
     assert w(effects[1].params) == 1001.0 and effects[1].steps == 7
 
 
-def test_gossip_buffer_counts_models_not_senders() -> None:
+def test_gossip_buffer_counts_senders_and_keeps_the_newest_model_of_each() -> None:
     core, merge = gossip(neighbours=[1, 2])
     core.handle(0.0, Start())
     core.handle(1.0, TrainingDone(p(5.0)))
     assert core.handle(2.0, MessageReceived(1, msg(1, 10.0))) == []
-    effects = core.handle(3.0, MessageReceived(1, msg(2, 11.0)))
-    assert [w(m) for m in merge.calls[0][1]] == [10.0, 11.0]
+    assert core.handle(3.0, MessageReceived(1, msg(2, 11.0))) == []  # still one sender
+    effects = core.handle(4.0, MessageReceived(2, msg(1, 20.0)))
+    assert [w(m) for m in merge.calls[0][1]] == [11.0, 20.0]
     assert of_type(effects, RoundDone)
+
+
+def test_gossip_ignores_models_from_peers_that_are_not_neighbours() -> None:
+    core, merge = gossip(neighbours=[1])
+    core.handle(0.0, Start())
+    core.handle(1.0, TrainingDone(p(5.0)))
+    assert core.handle(2.0, MessageReceived(7, msg(1, 1e6))) == []
+    assert core.rejected["NotNeighbour"] == 1 and not core.buffer
+    core.handle(3.0, PeerUp(7))  # a neighbour now: taken
+    core.handle(4.0, MessageReceived(7, msg(2, 70.0)))
+    core.handle(5.0, MessageReceived(1, msg(1, 10.0)))
+    assert [w(m) for m in merge.calls[0][1]] == [70.0, 10.0]
 
 
 def test_gossip_models_received_while_training_are_merged_at_round_end() -> None:
@@ -305,16 +318,15 @@ def test_gossip_peer_down_of_unknown_peer_and_peer_up() -> None:
     assert sorted(s.to for s in sends) == [1, 2, 3]
 
 
-def test_gossip_buffer_never_exceeds_max_and_drops_oldest() -> None:
+def test_gossip_a_flooding_sender_weighs_as_one_model() -> None:
     core, merge = gossip(neighbours=[1, 2], wait_for_buffer=False)
     core.handle(0.0, Start())
-    limit = core.max_buffer
-    for i in range(3 * limit):
+    for i in range(3 * core.max_buffer):
         core.handle(0.5, MessageReceived(1, msg(i + 1, float(i))))  # rising rounds: no replay
-        assert len(core.buffer) <= limit
+        assert len(core.buffer) == 1
+    core.handle(0.6, MessageReceived(2, msg(1, -1.0)))
     core.handle(1.0, TrainingDone(p(5.0)))
-    received = [w(m) for m in merge.calls[0][1]]
-    assert received == [float(i) for i in range(2 * limit, 3 * limit)]
+    assert [w(m) for m in merge.calls[0][1]] == [3 * core.max_buffer - 1.0, -1.0]
 
 
 def test_gossip_buffer_respects_max_after_peer_down() -> None:

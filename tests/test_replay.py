@@ -47,12 +47,12 @@ def test_gossip_ignores_duplicates_and_older_rounds_from_a_sender() -> None:
         core.handle(0.0, MessageReceived(sender, ModelMessage(round_, p(value))))
     effects = core.handle(1.0, TrainingDone(p(0)))
     assert any(isinstance(e, RoundDone) for e in effects)
-    assert merge.received == [[1.0, 4.0, 5.0]]
+    assert merge.received == [[4.0, 5.0]]  # one model per sender, its newest
     assert core.rejected["Replay"] == 3
 
 
 def test_gossip_remembers_a_bounded_number_of_senders() -> None:
-    core, _ = gossip([])
+    core, _ = gossip(list(range(MAX_TRACKED_SENDERS + 10)))
     core.handle(0.0, Start())
     for sender in range(MAX_TRACKED_SENDERS + 10):
         core.handle(0.0, MessageReceived(sender, ModelMessage(1, p(0))))

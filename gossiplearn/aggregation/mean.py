@@ -9,20 +9,28 @@ import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import layout_of
 from gossiplearn.aggregation._tensors import check_beta, mix
+from gossiplearn.aggregation.clipping import clip_rows
 from gossiplearn.types import Params
 
 
-def mean(own: Params, received: Sequence[Params], *, beta: float = 0.5) -> Params:
+def mean(
+    own: Params, received: Sequence[Params], *, beta: float = 0.5, clip: bool = False
+) -> Params:
     """Mix the own model with the average of the received ones, tensor by tensor.
 
-    BatchNorm running statistics and integer buffers keep their local values. With no
-    received models the own model is returned unchanged.
+    With ``clip``, received models are first clipped around the own one
+    (:func:`~gossiplearn.aggregation.clipping.clip_rows`). BatchNorm running statistics
+    and integer buffers keep their local values. With no received models the own model
+    is returned unchanged.
     """
     check_beta(beta)
     if not received:
         return dict(own)
     layout = layout_of(own)  # every tensor at once, as rows of one matrix
-    return layout.unflatten(mix(layout.stack([own])[0], layout.stack(received), beta), own)
+    own_row, models = layout.stack([own])[0], layout.stack(received)
+    if clip:
+        models = clip_rows(own_row, models)
+    return layout.unflatten(mix(own_row, models, beta), own)
 
 
 def mean_shares(

@@ -17,6 +17,7 @@ import numpy as np
 
 from gossiplearn.aggregation._flat import layout_of
 from gossiplearn.aggregation._tensors import check_beta
+from gossiplearn.aggregation.clipping import clip_rows
 from gossiplearn.types import Params
 
 EPSILON = 1e-4
@@ -29,8 +30,10 @@ def variance_corrected(
     beta: float = 0.5,
     target: Literal["others", "conservative"] = "others",
     epsilon: float = EPSILON,
+    clip: bool = False,
 ) -> Params:
-    """Merge like :func:`~gossiplearn.aggregation.mean`, then restore each tensor's variance."""
+    """Merge like :func:`~gossiplearn.aggregation.mean` (``clip`` included), then restore
+    each tensor's variance."""
     check_beta(beta)
     if target not in ("others", "conservative"):
         raise ValueError(f"target must be 'others' or 'conservative', got {target!r}")
@@ -40,6 +43,8 @@ def variance_corrected(
     layout = layout_of(own)
     models = layout.stack(received)
     own_row = layout.stack([own])[0]
+    if clip:
+        models = clip_rows(own_row, models)
     mixed = beta * own_row + (1.0 - beta) * models.mean(axis=0)
     wanted = layout.segment_var(models).mean(axis=0)
     if target == "conservative":

@@ -34,6 +34,8 @@ from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.peer.checkpoint import load_checkpoint, save_checkpoint
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.discovery import AddressBook, decode_exchange, encode_exchange
+from gossiplearn.peer.quarantine import Quarantine
+from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
     AnyEffect,
@@ -145,6 +147,9 @@ class Peer:
         self.accuracy: float | None = None
         self.traffic: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        #: Senders of message after rejected message: dropped and ignored for a while.
+        self.quarantine = Quarantine()
+        self.bounds: ModelBounds | None = None  # set from the own model at start
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
@@ -185,6 +190,7 @@ class Peer:
         params, round_ = self.learner.params(), 0
         if self.state_dir is not None:
             params, round_ = self._resume(params)
+        self.bounds = ModelBounds(params)
         self.core = self._make_core(params, round_)
         self._running = True
         for address in self.bootstrap:
@@ -338,6 +344,8 @@ class Peer:
                 self._timers.append(loop.call_later(delay, self._dispatch, timer))
                 self._timers = [t for t in self._timers if not t.cancelled()][-16:]
             case RoundDone(round=round_, params=params, merged=merged):
+                if self.bounds is not None:
+                    self.bounds.update(params)
                 if merged:
                     self._emit("merged", {"round": round_, "models": merged})
                 self._spawn(self._round_done(round_, params))
@@ -407,6 +415,10 @@ class Peer:
             return
         self.traffic["bytes_in"] += len(payload)
         self.traffic["messages_in"] += 1
+        now = asyncio.get_running_loop().time()
+        if self.quarantine.holds(sender, now):
+            self.rejected["Quarantined"] += 1
+            return
         limit = int(self.config.max_message_mb * 2**20)
         try:
             message = await asyncio.to_thread(decode_message, payload, self.spec, max_bytes=limit)
@@ -414,12 +426,22 @@ class Peer:
                 self.core is not None and speaks_any_message(self.core)
             ):
                 raise MalformedMessage(f"{type(message).__name__} is not spoken by this peer")
+            params = getattr(message, "params", None)
+            if params is not None and self.bounds is not None:
+                self.bounds.check(params)
         except WireError as error:
             reason = type(error).__name__
             self.rejected[reason] += 1
             log.warning("rejected a model from %s: %s", sender, error)
             self._emit("rejected", {"peer": sender, "reason": reason, "error": str(error)})
+            if self.quarantine.strike(sender, now):
+                log.warning(
+                    "%s sent %d rejected messages in a row: ignoring it for %.0f s",
+                    sender, self.quarantine.strikes, self.quarantine.seconds,
+                )  # fmt: skip
+                self._drop_neighbour(sender)
             return
+        self.quarantine.forgive(sender)
         self._add_neighbour(sender)
         self._dispatch(MessageReceived(sender, message))
 
@@ -510,6 +532,8 @@ class Peer:
 
     def _add_neighbour(self, peer: str) -> None:
         if peer in self.neighbours or len(self.neighbours) >= self.config.neighbours:
+            return
+        if self.quarantine.holds(peer, asyncio.get_running_loop().time()):
             return
         self.neighbours.append(peer)
         self._emit("peer_joined", {"peer": peer})

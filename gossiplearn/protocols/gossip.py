@@ -7,16 +7,18 @@ to all its neighbours (or one random neighbour), then merges once its buffer hol
 seconds, before it starts the next round; without it, it trains on and merges at the first
 round boundary where the buffer is full.
 
-Invariants: the buffer counts models, not distinct senders, and never holds more than
-``max_buffer`` of them (oldest dropped first); a round's model is reported once, after the
-merge; after ``rounds`` rounds the core emits :class:`Finished` and ignores all input.
+Invariants: the buffer holds at most one model per sender, its newest, and only from
+current neighbours (others are counted in ``rejected["NotNeighbour"]``), so a flood from
+one sender weighs as one model; it never holds more than ``max_buffer`` models (oldest
+sender dropped first); a round's model is reported once, after the merge; after
+``rounds`` rounds the core emits :class:`Finished` and ignores all input.
 Replays: a model whose round is not newer than the last one taken from the same sender
 (a duplicate, or an old round sent again) is ignored and counted in ``rejected["Replay"]``.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,8 +57,8 @@ class GossipConfig:
     rounds: int
     local_steps: int
     push: Literal["all", "one"] = "all"
-    #: Models to collect before merging; None means one per neighbour ("all") or 1 ("one"),
-    #: and 0 while the peer has no neighbours.
+    #: Models (of distinct neighbours) to collect before merging, at most one per neighbour;
+    #: None means one per neighbour ("all") or 1 ("one"), and 0 while the peer has none.
     buffer_size: int | None = None
     wait_for_buffer: bool = True
     merge_timeout: float = 30.0
@@ -92,8 +94,8 @@ class GossipCore:
         self._timer_token = 0
         # Fixed at start: bounds memory whatever neighbours come and go.
         self.max_buffer = 4 * max(config.buffer_size or 0, len(self.neighbours), 1)
-        self.buffer: deque[Params] = deque(maxlen=self.max_buffer)
-        self.senders: deque[PeerId] = deque(maxlen=self.max_buffer)  # in step with buffer
+        #: sender -> its newest model since the last merge, least recently updated first.
+        self.buffer: OrderedDict[PeerId, Params] = OrderedDict()
         #: With ``weigh``: the share of the last merge's result that came from each sender
         #: (own share left out; empty when the round merged nothing). For attack metrics.
         self.merge_shares: dict[PeerId, float] = {}
@@ -104,8 +106,9 @@ class GossipCore:
 
     @property
     def buffer_size(self) -> int:
+        """Senders to wait for: at most one model counts per neighbour."""
         if self.config.buffer_size is not None:
-            return self.config.buffer_size
+            return min(self.config.buffer_size, len(self.neighbours))
         if not self.neighbours:
             return 0  # alone: nobody to wait for
         return 1 if self.config.push == "one" else len(self.neighbours)
@@ -119,11 +122,16 @@ class GossipCore:
             case TrainingDone(params=params):
                 return self._after_training(params)
             case MessageReceived(sender=sender, message=message):
+                if sender not in self.neighbours:
+                    self.rejected["NotNeighbour"] += 1
+                    return []
                 if self._is_replay(sender, message.round):
                     self.rejected["Replay"] += 1
                     return []
-                self.buffer.append(message.params)
-                self.senders.append(sender)
+                self.buffer[sender] = message.params
+                self.buffer.move_to_end(sender)
+                if len(self.buffer) > self.max_buffer:
+                    self.buffer.popitem(last=False)
                 if self.waiting and len(self.buffer) >= self.buffer_size:
                     return self._end_round()
             case Timer(token=token) if self.waiting and token == self._timer_token:
@@ -179,14 +187,13 @@ class GossipCore:
         self.merge_shares = {}
         if self.buffer and (full or self.waiting):
             merged = len(self.buffer)
-            received = list(self.buffer)
+            received = list(self.buffer.values())
             if self.weigh is not None:
                 shares = self.weigh(self.params, received)[1:]
-                for sender, share in zip(self.senders, shares, strict=True):
-                    self.merge_shares[sender] = self.merge_shares.get(sender, 0.0) + float(share)
+                for sender, share in zip(self.buffer, shares, strict=True):
+                    self.merge_shares[sender] = float(share)
             self.params = self.merge(self.params, received)
             self.buffer.clear()
-            self.senders.clear()
         self.waiting = False
         effects: list[Effect] = [RoundDone(self.round, self.params, merged)]
         if self.round >= self.config.rounds:
