@@ -319,4 +319,4 @@ def test_inbound_limits_bound_all_peers_together() -> None:
         dict(deadline_floor=0),
     ):
         with pytest.raises(ConfigError):
-            InboundLimits(**bad)  # type: ignore[arg-type]
+            InboundLimits(**bad)

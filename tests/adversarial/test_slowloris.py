@@ -131,19 +131,22 @@ async def victim_scenario() -> dict[str, Any]:
     merges: list[float] = []
     accuracy: list[tuple[float, float]] = []
     dropped: list[float] = []
+
+    def on_round(info: dict[str, Any]) -> None:
+        if "accuracy" in info:
+            accuracy.append((loop.time(), info["accuracy"]))
+
+    def on_left(info: dict[str, Any]) -> None:
+        if info["peer"] == victim.peer_id:
+            dropped.append(loop.time())
+
     victim.on("merged", lambda info: merges.append(loop.time()))
-    victim.on(
-        "round",
-        lambda info: "accuracy" in info and accuracy.append((loop.time(), info["accuracy"])),
-    )
+    victim.on("round", on_round)
     async with asyncio.timeout(150), victim:
         address = victim.transport.addresses[0]
         honest = [make_peer(i, Libp2pTransport(), [address]) for i in (1, 2)]
         for peer in honest:
-            peer.on(
-                "peer_left",
-                lambda info: info["peer"] == victim.peer_id and dropped.append(loop.time()),
-            )
+            peer.on("peer_left", on_left)
         async with contextlib.AsyncExitStack() as stack:
             for peer in honest:
                 await stack.enter_async_context(peer)
