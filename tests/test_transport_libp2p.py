@@ -297,11 +297,12 @@ async def test_a_slow_frame_loses_its_slot_to_an_honest_sender() -> None:
         trickle = await _raw_stream(attacker, victim.peer_id, pack_header(2**26, digest(b"")))
         while not victim._slots.active:  # white-box: the trickle holds the only slot
             await asyncio.sleep(0.01)
+        status = asyncio.create_task(_read_status(attacker, trickle))
         started = time.monotonic()
         await honest.send(victim.peer_id, MODEL_PROTOCOL, b"model")
         assert await inbox.get() == (honest.peer_id, b"model")
         assert time.monotonic() - started < 5.0  # not the trickle's 64 s deadline
-        assert await _read_status(attacker, trickle) is Status.BUSY
+        assert await status is Status.BUSY
         assert victim.rejected_counts() == {"SlowFrameEvicted": 1}
 
 
