@@ -207,3 +207,116 @@ def test_inbound_limits_count_refusals_by_reason() -> None:
     for bad in (dict(max_streams_per_peer=0), dict(bytes_per_second=0), dict(burst_seconds=0)):
         with pytest.raises(ConfigError):
             InboundLimits(**bad)  # type: ignore[arg-type]
+
+
+# ---- limits that hold across identities ----------------------------------------------
+
+
+class _Budget:
+    """A ByteBudget that also remembers the most it ever lent."""
+
+    def __init__(self, limit: int) -> None:
+        from gossiplearn.transport.limits import ByteBudget
+
+        self.inner = ByteBudget(limit)
+        self.peak = 0
+
+    def take(self, amount: int) -> bool:
+        ok = self.inner.take(amount)
+        self.peak = max(self.peak, self.inner.used)
+        return ok
+
+    def give(self, amount: int) -> None:
+        self.inner.give(amount)
+
+
+def test_a_huge_announcement_holds_only_the_bytes_that_arrived() -> None:
+    budget = _Budget(1 << 20)
+    reader = FrameReader(1 << 40, budget=budget)
+    assert reader.feed(pack_header(2**36, digest(b"")) + b"abc") == []
+    assert reader.buffered == 3 and budget.inner.used == 3
+    assert reader._buffer is not None and len(reader._buffer) == 3  # white-box: no reservation
+    reader.discard()
+    assert budget.inner.used == 0 and reader.buffered == 0
+    with pytest.raises(FrameError, match="abandoned"):
+        reader.feed(b"x")  # a discarded reader stays poisoned
+
+
+def test_the_shared_budget_refuses_growth_and_is_given_back() -> None:
+    from gossiplearn.transport.framing import FrameRefused
+
+    budget = _Budget(100)
+    first, second = FrameReader(budget=budget), FrameReader(budget=budget)
+    first.feed(encode_frame(b"a" * 80)[:-10])  # 70 payload bytes held
+    with pytest.raises(FrameRefused) as info:
+        second.feed(encode_frame(b"b" * 40))
+    assert info.value.reason == "BufferFull" and "max_buffered_bytes" in str(info.value)
+    assert budget.inner.used == 70  # the refused frame holds nothing
+    assert first.feed(encode_frame(b"a" * 80)[-10:]) == [b"a" * 80]
+    assert budget.inner.used == 0  # a completed frame gives its bytes back
+    corrupt = FrameReader(budget=budget)
+    bad = bytearray(encode_frame(b"c" * 50))
+    bad[-1] ^= 1
+    with pytest.raises(FrameError, match="digest"):
+        corrupt.feed(bytes(bad))
+    assert budget.inner.used == 0 and budget.peak <= 100  # so does a failed one
+
+
+def test_frame_deadline_is_a_floor_or_the_size_at_the_minimum_rate() -> None:
+    from gossiplearn.transport.limits import frame_deadline
+
+    assert frame_deadline(None, 1e6, 10.0) == 10.0  # the header has a deadline too
+    assert frame_deadline(1_000, 1e6, 10.0) == 10.0
+    assert frame_deadline(64_000_000, 1e6, 10.0) == 64.0
+
+
+def test_behind_schedule_spares_a_steady_sender_and_catches_a_trickle() -> None:
+    from gossiplearn.transport.limits import behind_schedule
+
+    rate, grace = 1000.0, 2.0
+    assert not behind_schedule(0, 1.9, rate, grace)  # still in its grace
+    assert behind_schedule(48, 3.0, rate, grace)  # one byte a second
+    assert not behind_schedule(1500 * 30, 30.0, rate, grace)  # 1.5x the minimum rate
+
+
+def test_frame_slots_evict_the_frame_furthest_behind() -> None:
+    from gossiplearn.errors import ConfigError
+    from gossiplearn.transport.limits import FrameProgress, FrameSlots
+
+    slots: FrameSlots[str] = FrameSlots(2)
+    fast, slow = FrameProgress(started=0.0, received=10_000), FrameProgress(started=0.0)
+    assert slots.try_enter("fast", fast) and slots.try_enter("slow", slow)
+    newcomer = FrameProgress(started=5.0)
+    assert not slots.try_enter("new", newcomer)
+    assert slots.most_behind(1.0, 1000.0, 2.0) is None  # nobody is behind yet
+    assert slots.most_behind(5.0, 1000.0, 2.0) == "slow"
+    slots.evict("slow", "new", newcomer)
+    assert set(slots.active) == {"fast", "new"}
+    slots.leave("slow")  # the evicted frame's own exit is harmless
+    assert len(slots) == 2
+    with pytest.raises(ConfigError):
+        FrameSlots(0)
+
+
+def test_inbound_limits_bound_all_peers_together() -> None:
+    from gossiplearn.errors import ConfigError
+    from gossiplearn.transport.limits import InboundLimits
+
+    limits = InboundLimits(max_streams_per_peer=8, max_open_streams=3, max_buffered_bytes=10)
+    assert all(limits.open_stream(f"fresh-{i}") for i in range(3))  # 3 new identities
+    assert not limits.open_stream("fresh-3")  # the 4th is over the total, whoever it is
+    limits.close_stream("fresh-0")
+    assert limits.open_stream("fresh-3")
+    assert limits.take(10) and not limits.take(1)
+    limits.give(10)
+    assert limits.take(1)
+    assert limits.deadline(None) == 10.0 and limits.deadline(2**30) == 1024.0
+    assert limits.rejected_counts() == {"TooManyFrames": 1, "BufferFull": 1}
+    for bad in (
+        dict(max_open_streams=0),
+        dict(max_buffered_bytes=0),
+        dict(min_bytes_per_second=0),
+        dict(deadline_floor=0),
+    ):
+        with pytest.raises(ConfigError):
+            InboundLimits(**bad)

@@ -12,12 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gossiplearn.errors import ConfigError
-from gossiplearn.transport.base import MODEL_PROTOCOL, TransportError
-from gossiplearn.transport.framing import FrameTooLarge
+from gossiplearn.transport.base import MODEL_PROTOCOL, ReceiverBusy, TransportError
+from gossiplearn.transport.framing import FrameTooLarge, Status, digest, pack_header
 from gossiplearn.transport.libp2p import Libp2pTransport, generate_identity, load_identity
 
 pytestmark = pytest.mark.network
@@ -247,6 +248,86 @@ async def test_stop_leaves_no_threads_running() -> None:
     assert not [t for t in left if t.name.startswith("gossiplearn-libp2p")], left
     with pytest.raises(TransportError):
         await a.start()  # a stopped transport is not restarted
+
+
+# ---- limits across identities: deadlines, eviction, the shared buffer budget -----------
+
+
+async def _raw_stream(sender: Libp2pTransport, peer: str, data: bytes) -> Any:
+    """Open a model stream from ``sender`` to ``peer`` and write ``data`` (no more)."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    async def open_and_write() -> Any:
+        assert sender._host is not None
+        stream = await sender._host.new_stream(ID.from_base58(peer), [TProtocol(MODEL_PROTOCOL)])
+        await stream.write(data)
+        return stream
+
+    return await sender._call(open_and_write, timeout=LIMIT)  # white-box: in its trio thread
+
+
+async def _read_status(sender: Libp2pTransport, stream: Any) -> Status:
+    async def read() -> Status:
+        return Status((await stream.read(1))[0])
+
+    return await sender._call(read, timeout=LIMIT)
+
+
+async def test_a_trickling_frame_is_cut_at_its_deadline_and_answered_busy() -> None:
+    attacker = Libp2pTransport()
+    victim = Libp2pTransport(frame_deadline_floor=1.0)
+    _inbox(victim)
+    async with asyncio.timeout(LIMIT), _running(attacker, victim):
+        await attacker.connect(victim.addresses[0])
+        started = time.monotonic()
+        stream = await _raw_stream(attacker, victim.peer_id, pack_header(100, digest(b"")) + b"x")
+        assert await _read_status(attacker, stream) is Status.BUSY
+        assert 0.9 < time.monotonic() - started < 5.0  # the floor, not read_timeout (30 s)
+        assert victim.rejected_counts() == {"FrameDeadline": 1}
+
+
+async def test_a_slow_frame_loses_its_slot_to_an_honest_sender() -> None:
+    attacker, honest = Libp2pTransport(), Libp2pTransport()
+    victim = Libp2pTransport(max_inbound_streams=1, eviction_grace=0.5)
+    inbox = _inbox(victim)
+    async with asyncio.timeout(LIMIT), _running(attacker, honest, victim):
+        await attacker.connect(victim.addresses[0])
+        await honest.connect(victim.addresses[0])
+        trickle = await _raw_stream(attacker, victim.peer_id, pack_header(2**26, digest(b"")))
+        while not victim._slots.active:  # white-box: the trickle holds the only slot
+            await asyncio.sleep(0.01)
+        status = asyncio.create_task(_read_status(attacker, trickle))
+        started = time.monotonic()
+        await honest.send(victim.peer_id, MODEL_PROTOCOL, b"model")
+        assert await inbox.get() == (honest.peer_id, b"model")
+        assert time.monotonic() - started < 5.0  # not the trickle's 64 s deadline
+        assert await status is Status.BUSY
+        assert victim.rejected_counts() == {"SlowFrameEvicted": 1}
+
+
+async def test_a_full_shared_buffer_answers_busy_not_broken() -> None:
+    attacker, honest = Libp2pTransport(), Libp2pTransport()
+    victim = Libp2pTransport(max_frame_bytes=2**20, max_buffered_bytes=2**20)
+    inbox = _inbox(victim)
+    async with asyncio.timeout(LIMIT), _running(attacker, honest, victim):
+        await attacker.connect(victim.addresses[0])
+        await honest.connect(victim.addresses[0])
+        head = pack_header(2**20, digest(b""))
+        await _raw_stream(attacker, victim.peer_id, head + bytes(900_000))
+        while victim.limits.buffer.used < 900_000:  # white-box: wait until it is buffered
+            await asyncio.sleep(0.01)
+        with pytest.raises(ReceiverBusy):
+            await honest.send(victim.peer_id, MODEL_PROTOCOL, os.urandom(200_000))
+        await honest.send(victim.peer_id, MODEL_PROTOCOL, b"small fits")
+        assert await inbox.get() == (honest.peer_id, b"small fits")
+        assert victim.rejected_counts() == {"BufferFull": 1}
+
+
+def test_buffer_limits_must_fit_a_whole_frame() -> None:
+    with pytest.raises(ConfigError, match="max_buffered_bytes"):
+        Libp2pTransport(max_frame_bytes=2**20, max_buffered_bytes=2**19)
+    assert Libp2pTransport(max_frame_bytes=2**30).limits.buffer.limit == 2**31
 
 
 def _connection(transport: Libp2pTransport, peer: str) -> object:

@@ -10,10 +10,12 @@ How it works: a frame is a 48-byte header followed by ``length`` payload bytes::
 
 :class:`FrameReader` turns arbitrary chunks of a byte stream back into payloads.
 Invariants: the size limit is checked on the header, before any payload buffer is
-allocated; once the length is known the payload goes into one preallocated buffer
-(each byte is copied once, never re-concatenated); the digest is updated chunk by chunk
-and checked when the last byte arrives; after any :class:`FrameError` the reader is
-poisoned and raises again, since the stream position is no longer trustworthy.
+allocated; the payload buffer grows only as bytes arrive (a header is a claim, not a
+reservation: announcing 64 MiB and sending one byte holds one byte), each growth taken
+from an optional shared :class:`Budget` first and given back when the frame ends, however
+it ends; the digest is updated chunk by chunk and checked when the last byte arrives;
+after any :class:`FrameError` the reader is poisoned and raises again, since the stream
+position is no longer trustworthy.
 
 A receiver answers each frame with one status byte (:class:`Status`), so a sender knows
 the frame arrived intact. Pure functions and classes: no I/O, no event loop.
@@ -26,6 +28,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from gossiplearn.transport.base import TransportError
 
@@ -55,7 +58,24 @@ class FrameTooLarge(FrameError):
 
 
 class FrameRefused(FrameError):
-    """The receiver will not take this frame now (too many streams, or over its rate)."""
+    """The receiver will not take this frame now (too many streams, over its rate, its
+    buffers full, or the frame too slow); ``reason`` names the limit, as counted."""
+
+    def __init__(self, message: str, reason: str = "Refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Budget(Protocol):
+    """Bytes shared by many readers (e.g. all inbound frames of a transport)."""
+
+    def take(self, amount: int) -> bool:
+        """Reserve ``amount`` bytes; False (nothing reserved) if that is over the limit."""
+        ...
+
+    def give(self, amount: int) -> None:
+        """Return ``amount`` bytes reserved earlier."""
+        ...
 
 
 class Status(enum.IntEnum):
@@ -77,7 +97,10 @@ _STATUS_TEXT = {
     Status.TOO_LARGE: "rejected: frame larger than the receiver's max_frame_bytes",
     Status.CORRUPT: "rejected: corrupt frame (bad magic, version or digest)",
     Status.NO_HANDLER: "rejected: no handler for this protocol on the receiver",
-    Status.BUSY: "refused: the receiver is busy (too many streams or bytes from this peer)",
+    Status.BUSY: (
+        "refused: the receiver is busy (over its stream, byte, buffer or time limits; "
+        "the frame was too slow or too many arrived at once): try again later"
+    ),
 }
 
 
@@ -150,26 +173,34 @@ class FrameReader:
     ``wanted`` tells a reader loop how many bytes complete the current header or payload,
     so it never needs to read past a frame; ``close()`` at end of stream raises if a frame
     was cut short. ``admit(length)``, if given, is called with each announced payload
-    length before its buffer is allocated, and may refuse it by raising
-    :class:`FrameRefused`.
+    length before any payload byte is buffered, and may refuse it by raising
+    :class:`FrameRefused`. ``budget``, if given, is asked for every payload byte before
+    it is buffered (a refusal raises :class:`FrameRefused`, reason ``BufferFull``) and
+    gets all of them back when the frame completes or fails, or on :meth:`discard`.
     """
 
     def __init__(
         self,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         admit: Callable[[int], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if max_frame_bytes < 0:
             raise ValueError("max_frame_bytes must be >= 0")
         self.max_frame_bytes = max_frame_bytes
         self.admit = admit
+        self.budget = budget
         self._header = bytearray()
         self._frame: FrameHeader | None = None
         self._buffer: bytearray | None = None
-        self._view: memoryview | None = None
-        self._filled = 0
+        self._held = 0  # bytes taken from the budget for the current frame
         self._hasher: hashlib.blake2b | None = None
         self._error: FrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Payload bytes of the unfinished frame held in memory (taken from the budget)."""
+        return self._held
 
     @property
     def header(self) -> FrameHeader | None:
@@ -189,11 +220,22 @@ class FrameReader:
         return HEADER_SIZE + self._filled
 
     @property
+    def _filled(self) -> int:
+        return 0 if self._buffer is None else len(self._buffer)
+
+    @property
     def wanted(self) -> int:
         """Bytes still needed to finish the current header or payload (> 0)."""
         if self._frame is None:
             return HEADER_SIZE - len(self._header)
         return self._frame.length - self._filled
+
+    def discard(self) -> None:
+        """Drop the unfinished frame and return its bytes to the budget (idempotent); the
+        reader is poisoned, since the stream is abandoned mid-frame."""
+        if self._error is None:
+            self._error = FrameError("the frame was abandoned by its reader")
+        self._release()
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
         """Consume ``chunk``; return every payload it completes, in order."""
@@ -233,12 +275,12 @@ class FrameReader:
                     break
                 self._start(decode_header(self._header, self.max_frame_bytes))
                 continue
-            assert self._view is not None and self._hasher is not None
+            assert self._buffer is not None and self._hasher is not None
             take = min(self._frame.length - self._filled, end - pos)
+            self._grow(take)
             piece = data[pos : pos + take]
-            self._view[self._filled : self._filled + take] = piece
+            self._buffer += piece
             self._hasher.update(piece)
-            self._filled += take
             pos += take
             if self._filled == self._frame.length:
                 done.append(self._finish())
@@ -246,12 +288,22 @@ class FrameReader:
 
     def _start(self, header: FrameHeader) -> None:
         if self.admit is not None:
-            self.admit(header.length)  # may raise FrameRefused: nothing allocated yet
+            self.admit(header.length)  # may raise FrameRefused: nothing buffered yet
         self._frame = header
-        self._buffer = bytearray(header.length)
-        self._view = memoryview(self._buffer)
-        self._filled = 0
+        self._buffer = bytearray()  # grows with what arrives, never with what is announced
         self._hasher = new_hasher()
+
+    def _grow(self, amount: int) -> None:
+        """Take ``amount`` more payload bytes from the budget before buffering them."""
+        if self.budget is None or amount == 0:
+            return
+        if not self.budget.take(amount):
+            raise FrameRefused(
+                f"the receiver's inbound buffers are full ({amount} more bytes refused); "
+                "raise max_buffered_bytes on the receiving transport if this is honest load",
+                reason="BufferFull",
+            )
+        self._held += amount
 
     def _finish(self) -> bytes:
         assert self._frame is not None and self._hasher is not None and self._buffer is not None
@@ -262,13 +314,12 @@ class FrameReader:
         return payload
 
     def _release(self) -> None:
-        if self._view is not None:
-            self._view.release()
+        if self._held and self.budget is not None:
+            self.budget.give(self._held)
+        self._held = 0
         self._header = bytearray()
         self._frame = None
         self._buffer = None
-        self._view = None
-        self._filled = 0
         self._hasher = None
 
 

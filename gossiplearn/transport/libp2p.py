@@ -7,7 +7,8 @@ and its result comes back with ``loop.call_soon_threadsafe``; cancelling the asy
 cancels the trio task. Every message travels on a fresh stream: the sender writes one
 frame (:mod:`gossiplearn.transport.framing`) and reads a one-byte status while it writes,
 so a receiver can refuse an oversize frame early; the receiver reads the frame with its
-own loop (bounded size, digest check, idle timeout), answers, and hands the payload to
+own loop (bounded size, digest check, idle timeout, a deadline for the whole frame, a
+buffer that grows from a budget shared by all peers), answers, and hands the payload to
 the asyncio handler as a task.
 
 Invariants: this is the only module that imports trio or libp2p; trio objects are touched
@@ -72,7 +73,16 @@ from gossiplearn.transport.framing import (
     new_hasher,
     pack_header,
 )
-from gossiplearn.transport.limits import InboundLimits
+from gossiplearn.transport.limits import (
+    DEFAULT_DEADLINE_FLOOR,
+    DEFAULT_EVICTION_GRACE,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_OPEN_STREAMS,
+    DEFAULT_MIN_BYTES_PER_SECOND,
+    FrameProgress,
+    FrameSlots,
+    InboundLimits,
+)
 
 __all__ = ["Libp2pTransport", "generate_identity", "load_identity", "peer_id_of"]
 
@@ -93,6 +103,11 @@ _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
 _ANSWER_TIMEOUT = 5.0
 _INBOUND_GRACE = 2.0
+#: How long a refused stream is drained so its sender reads our status before the reset
+#: (a cooperating sender stops after its current write piece; others are cut off).
+_DRAIN_TIMEOUT = 5.0
+#: A stream waiting for a reading slot re-checks this often for frames to evict.
+_SLOT_RECHECK = 1.0
 _LIBP2P_LOG_LEVEL = logging.CRITICAL
 _HOST_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
 
@@ -199,6 +214,36 @@ class _Aborted(TransportError):
     """An inbound stream ended before its frame was complete."""
 
 
+class _TooSlow(TransportError):
+    """An inbound frame was not complete within its deadline."""
+
+
+def _deadline_text(allowed: float, reader: FrameReader) -> str:
+    header = reader.header
+    announced = "its header" if header is None else f"{header.length} payload bytes"
+    return (
+        f"frame not complete within its deadline of {allowed:.0f} s ({reader.received} bytes "
+        f"of {announced} arrived); a sender this slow needs a lower "
+        "min_inbound_bytes_per_second on the receiver"
+    )
+
+
+class _Inbound:
+    """One inbound frame holding a reading slot (trio thread only)."""
+
+    __slots__ = ("evicted", "progress", "scope")
+
+    def __init__(self, now: float) -> None:
+        self.progress = FrameProgress(started=now)
+        self.scope: trio.CancelScope | None = None
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
 class _Call:
     """One asyncio -> trio call. Its fields are touched only in the trio thread."""
 
@@ -228,9 +273,22 @@ class Libp2pTransport:
     the muxer's flow-control window); a peer with ``max_inbound_per_peer`` streams open
     (reading or waiting) has more refused at once; and each peer may push
     ``max_bytes_per_peer_per_second`` payload bytes per second on average (None:
-    unlimited), refused from the frame header, before the payload is buffered. Refusals
-    are counted by reason (:meth:`rejected_counts`); the sender gets
-    :class:`~gossiplearn.transport.base.ReceiverBusy`.
+    unlimited), refused from the frame header, before the payload is buffered.
+
+    Limits that hold across identities (a new peer id costs nothing): at most
+    ``max_open_inbound`` inbound streams are open at once from all peers together;
+    unfinished frames together buffer at most ``max_buffered_bytes`` (None: twice
+    ``max_frame_bytes``, at least 256 MiB), their buffers growing as bytes arrive, never
+    from what a header announces; a frame must be complete within
+    ``max(frame_deadline_floor, length / min_inbound_bytes_per_second)`` seconds of
+    getting its reading slot; and when every slot is taken, a newcomer takes the slot of
+    a frame that has fallen behind that minimum rate (after ``eviction_grace`` seconds).
+
+    Refusals are counted by reason (:meth:`rejected_counts`: ``TooManyStreams``,
+    ``TooManyFrames``, ``ReadersBusy``, ``RateLimited``, ``BufferFull``,
+    ``FrameDeadline``, ``SlowFrameEvicted``, ``StreamIdle``, ``FrameTooLarge``,
+    ``CorruptFrame``); a sender refused for load gets
+    :class:`~gossiplearn.transport.base.ReceiverBusy`, so it can tell busy from broken.
     """
 
     def __init__(
@@ -247,6 +305,11 @@ class Libp2pTransport:
         max_inbound_per_peer: int = 32,
         max_reading_per_peer: int = 4,
         max_bytes_per_peer_per_second: float | None = None,
+        max_open_inbound: int = DEFAULT_MAX_OPEN_STREAMS,
+        max_buffered_bytes: int | None = None,
+        min_inbound_bytes_per_second: float = DEFAULT_MIN_BYTES_PER_SECOND,
+        frame_deadline_floor: float = DEFAULT_DEADLINE_FLOOR,
+        eviction_grace: float = DEFAULT_EVICTION_GRACE,
     ) -> None:
         if identity is not None and key_pair is not None:
             raise ConfigError("give either an identity file or a key_pair, not both")
@@ -269,7 +332,27 @@ class Libp2pTransport:
         self.send_timeout = send_timeout
         self.read_timeout = read_timeout
         self.max_inbound_streams = max_inbound_streams
-        self.limits = InboundLimits(max_inbound_per_peer, max_bytes_per_peer_per_second)
+        if max_buffered_bytes is None:
+            max_buffered_bytes = max(DEFAULT_MAX_BUFFERED_BYTES, 2 * max_frame_bytes)
+        if max_buffered_bytes < max_frame_bytes:
+            raise ConfigError(
+                f"max_buffered_bytes ({max_buffered_bytes}) must be >= max_frame_bytes "
+                f"({max_frame_bytes}), or no frame of the largest size could ever arrive"
+            )
+        if eviction_grace < 0:
+            raise ConfigError(f"eviction_grace must be >= 0 seconds, got {eviction_grace}")
+        self.limits = InboundLimits(
+            max_inbound_per_peer,
+            max_bytes_per_peer_per_second,
+            max_open_streams=max_open_inbound,
+            max_buffered_bytes=max_buffered_bytes,
+            min_bytes_per_second=min_inbound_bytes_per_second,
+            deadline_floor=frame_deadline_floor,
+        )
+        self.eviction_grace = eviction_grace
+        #: Frames being read, all peers together (trio thread only).
+        self._slots: FrameSlots[_Inbound] = FrameSlots(max_inbound_streams)
+        self._slot_freed: trio.Event | None = None
         if max_reading_per_peer < 1:
             raise ConfigError(f"max_reading_per_peer must be >= 1, got {max_reading_per_peer}")
         self.max_reading_per_peer = max_reading_per_peer
@@ -288,7 +371,6 @@ class Libp2pTransport:
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._stop_requested: trio.Event | None = None
-        self._limiter: trio.CapacityLimiter | None = None
         self._listening = False  # set in the trio thread once the host listens
         self._running = False
 
@@ -472,7 +554,7 @@ class Libp2pTransport:
     async def _trio_main(self) -> None:
         self._stop_requested = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
-        self._limiter = trio.CapacityLimiter(self.max_inbound_streams)
+        self._slot_freed = trio.Event()
         host = libp2p.new_host(
             key_pair=self._key_pair,
             sec_opt={
@@ -652,17 +734,19 @@ class Libp2pTransport:
             if reading is None:
                 reading = self._reading[sender] = trio.CapacityLimiter(self.max_reading_per_peer)
             async with reading:
-                payload = await self._receive_frame(protocol, sender, stream)
+                outcome = await self._receive_frame(protocol, sender, stream)
+            if isinstance(outcome, Status):  # drained outside the slots, still counted open
+                await self._refuse(stream, outcome)
         finally:
             self.limits.close_stream(sender)
             if sender not in self.limits.streams:
                 self._reading.pop(sender, None)
-        if payload is None:
+        if not isinstance(outcome, bytes):
             return
         loop = self._loop
         assert loop is not None
         try:
-            loop.call_soon_threadsafe(self._deliver, protocol, sender, payload)
+            loop.call_soon_threadsafe(self._deliver, protocol, sender, outcome)
         except RuntimeError:
             log.warning("dropped a message from %s: the event loop is closed", sender)
             await _reset(stream)
@@ -670,42 +754,105 @@ class Libp2pTransport:
         await _answer(stream, Status.OK)
         await _close(stream)
 
-    async def _receive_frame(self, protocol: str, sender: str, stream: INetStream) -> bytes | None:
-        """Read one frame within the limits; None if it was refused or cut short."""
+    async def _receive_frame(
+        self, protocol: str, sender: str, stream: INetStream
+    ) -> bytes | Status | None:
+        """Read one frame within the limits: its payload, the status to refuse it with
+        (the caller drains the stream), or None if the stream is already answered or reset."""
 
         def admit(length: int) -> None:
             if not self.limits.admit_bytes(sender, length, trio.current_time()):
-                raise FrameRefused(f"{sender} is over its rate of bytes per second")
+                raise FrameRefused(f"{sender} is over its rate of bytes per second", "RateLimited")
 
-        assert self._limiter is not None
-        async with self._limiter:
-            reader = FrameReader(self.max_frame_bytes, admit)
-            try:
-                return await self._read_frame(stream, reader)
-            except _Aborted as error:  # e.g. the sender timed out or was cancelled
-                log.info("inbound %s stream from %s ended early: %s", protocol, sender, error)
-                await _reset(stream)
-            except FrameRefused as error:
-                log.info("refused a frame from %s on %s: %s", sender, protocol, error)
-                await self._refuse(stream, Status.BUSY)
-            except FrameTooLarge as error:
-                self.limits.reject("FrameTooLarge")
-                log.warning("refused a frame from %s on %s: %s", sender, protocol, error)
-                await self._refuse(stream, Status.TOO_LARGE)
-            except FrameError as error:
-                self.limits.reject("CorruptFrame")
-                log.warning("dropped a frame from %s on %s: %s", sender, protocol, error)
-                await self._refuse(stream, Status.CORRUPT)
+        inbound = _Inbound(trio.current_time())
+        if not await self._enter_slot(inbound):
+            self.limits.reject("ReadersBusy")
+            log.info("refused a %s frame from %s: every reading slot is busy", protocol, sender)
+            return Status.BUSY
+        reader = FrameReader(self.max_frame_bytes, admit, self.limits)
+        try:
+            with trio.CancelScope() as scope:
+                inbound.scope = scope
+                if inbound.evicted:
+                    scope.cancel()
+                return await self._read_frame(stream, reader, inbound.progress)
+            # cancelled by _enter_slot of another stream: this frame fell behind schedule
+            log.info("evicted a slow %s frame from %s", protocol, sender)
+            await _answer(stream, Status.BUSY)
+            await _reset(stream)
+        except _Aborted as error:  # e.g. the sender timed out or was cancelled
+            log.info("inbound %s stream from %s ended early: %s", protocol, sender, error)
+            await _reset(stream)
+        except _TooSlow as error:  # a trickle: answer, and waste no more time on it
+            log.info("dropped a %s frame from %s: %s", protocol, sender, error)
+            await _answer(stream, Status.BUSY)
+            await _reset(stream)
+        except FrameRefused as error:
+            log.info("refused a frame from %s on %s: %s", sender, protocol, error)
+            return Status.BUSY
+        except FrameTooLarge as error:
+            self.limits.reject("FrameTooLarge")
+            log.warning("refused a frame from %s on %s: %s", sender, protocol, error)
+            return Status.TOO_LARGE
+        except FrameError as error:
+            self.limits.reject("CorruptFrame")
+            log.warning("dropped a frame from %s on %s: %s", sender, protocol, error)
+            return Status.CORRUPT
+        finally:
+            reader.discard()  # gives its buffered bytes back to the shared budget
+            self._leave_slot(inbound)
         return None
 
-    async def _read_frame(self, stream: INetStream, reader: FrameReader) -> bytes:
+    async def _enter_slot(self, inbound: _Inbound) -> bool:
+        """Take a reading slot for ``inbound``: a free one, or that of a frame behind
+        schedule (evicted); wait at most the deadline floor. False if none came."""
+        with trio.move_on_after(self.limits.deadline_floor):
+            while True:
+                now = trio.current_time()
+                inbound.progress.started = now  # the frame's clock starts with its slot
+                if self._slots.try_enter(inbound, inbound.progress):
+                    return True
+                victim = self._slots.most_behind(
+                    now, self.limits.min_bytes_per_second, self.eviction_grace
+                )
+                if victim is not None:
+                    self._slots.evict(victim, inbound, inbound.progress)
+                    self.limits.reject("SlowFrameEvicted")
+                    victim.evict()
+                    return True
+                freed = self._slot_freed
+                assert freed is not None
+                with trio.move_on_after(_SLOT_RECHECK):  # frames fall behind as time passes
+                    await freed.wait()
+        return False
+
+    def _leave_slot(self, inbound: _Inbound) -> None:
+        if inbound in self._slots.active:
+            self._slots.leave(inbound)
+            freed, self._slot_freed = self._slot_freed, trio.Event()
+            if freed is not None:
+                freed.set()
+
+    async def _read_frame(
+        self, stream: INetStream, reader: FrameReader, progress: FrameProgress
+    ) -> bytes:
         while True:
+            header = reader.header
+            allowed = self.limits.deadline(None if header is None else header.length)
+            left = progress.started + allowed - trio.current_time()
+            wait = min(self.read_timeout, left)
             try:
-                with trio.fail_after(self.read_timeout):
+                if wait <= 0:
+                    raise trio.TooSlowError
+                with trio.fail_after(wait):
                     chunk = await stream.read(min(reader.wanted, READ_CHUNK))
             except StreamError:  # EOF, reset, or the connection broke
                 chunk = b""
             except trio.TooSlowError:
+                if wait < self.read_timeout:
+                    self.limits.reject("FrameDeadline")
+                    raise _TooSlow(_deadline_text(allowed, reader)) from None
+                self.limits.reject("StreamIdle")
                 raise TransportError(f"inbound stream idle for {self.read_timeout} s") from None
             if not chunk:
                 raise _Aborted(
@@ -714,11 +861,13 @@ class Libp2pTransport:
             payloads = reader.feed(chunk)
             if payloads:
                 return payloads[0]
+            progress.received = reader.received
 
     async def _refuse(self, stream: INetStream, status: Status) -> None:
-        """Answer ``status``, then discard what the sender still pushes until it stops."""
+        """Answer ``status``, then discard what the sender still pushes until it stops
+        (for a few seconds at most: a sender that ignores the answer is cut off)."""
         await _answer(stream, status)
-        with trio.move_on_after(self.read_timeout):
+        with trio.move_on_after(min(self.read_timeout, _DRAIN_TIMEOUT)):
             try:
                 while await stream.read(READ_CHUNK):
                     pass
