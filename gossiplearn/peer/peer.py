@@ -29,9 +29,9 @@ from gossiplearn.aggregation import get_aggregator
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
-from gossiplearn.errors import MalformedMessage, WireError
+from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
-from gossiplearn.peer.checkpoint import load_checkpoint, save_checkpoint
+from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.discovery import (
     DIAL_TIMEOUT,
@@ -173,6 +173,8 @@ class Peer:
         self._finished = asyncio.Event()
         self._round_lock = asyncio.Lock()  # evaluations and checkpoints stay in round order
         self._final_round: int | None = None
+        #: What stopped this peer early (e.g. its checkpoints cannot be written).
+        self.failure: GossiplearnError | None = None
         self._running = False
         self._attacking = True
         #: Peers cut off by a scenario's partition: messages to and from them are lost.
@@ -199,6 +201,9 @@ class Peer:
         self._listeners[event].append(listener)
 
     async def start(self) -> None:
+        """Start networking and round 1; CheckpointError if ``state_dir`` is unusable."""
+        if self.state_dir is not None:  # before the transport: nothing to undo
+            check_writable(self.state_dir)
         self.transport.set_handler(MODEL_PROTOCOL, self._on_model_bytes)
         self.transport.set_handler(PEER_EXCHANGE_PROTOCOL, self._on_exchange_bytes)
         self.transport.set_handler(GOODBYE_PROTOCOL, self._on_goodbye)
@@ -239,8 +244,11 @@ class Peer:
         await self.transport.stop()
 
     async def finished(self) -> None:
-        """Wait until the peer has run all its configured rounds."""
+        """Wait until the peer has run all its configured rounds; raise the error that
+        stopped it early, if one did (e.g. CheckpointError)."""
         await self._finished.wait()
+        if self.failure is not None:
+            raise self.failure
 
     def status(self) -> PeerStatus:
         return PeerStatus(
@@ -255,7 +263,7 @@ class Peer:
             messages_in=self.traffic["messages_in"],
             messages_out=self.traffic["messages_out"],
             rejected=self._rejected_counts(),
-            finished=self._finished.is_set(),
+            finished=self._finished.is_set() and self.failure is None,
             candidates=list(self.candidates),
             dials=dict(self.dials),
         )
@@ -329,7 +337,7 @@ class Peer:
         assert self.state_dir is not None
         try:
             saved = load_checkpoint(self.state_dir, self.spec)
-        except WireError as error:
+        except (WireError, CheckpointError) as error:
             log.warning("ignoring checkpoint in %s: %s", self.state_dir, error)
             return fresh, 0
         if saved is None:
@@ -397,12 +405,36 @@ class Peer:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
                 self.accuracy = await asyncio.to_thread(self.evaluator.accuracy, params)
                 info["accuracy"] = self.accuracy
-            if self.state_dir is not None:
-                await asyncio.to_thread(save_checkpoint, self.state_dir, round_, params)
+            if self.state_dir is not None and not await self._checkpoint(round_, params):
+                return
             info |= {k: self.traffic[k] for k in ("bytes_in", "bytes_out")}
             self._emit("round", info)
             if round_ == self._final_round:  # finished once the last round is recorded
                 self._finished.set()
+
+    async def _checkpoint(self, round_: int, params: dict[str, Any]) -> bool:
+        """Save the round's checkpoint; if it cannot be saved, fail the peer (a peer that
+        cannot resume must not pretend to run on)."""
+        assert self.state_dir is not None
+        try:
+            await asyncio.to_thread(save_checkpoint, self.state_dir, round_, params)
+        except (OSError, CheckpointError) as error:
+            text = error.strerror if isinstance(error, OSError) and error.strerror else error
+            self._fail(
+                CheckpointError(
+                    f"cannot write the round {round_} checkpoint to {self.state_dir}: "
+                    f"{text}; make it writable (or free space) or choose another state dir"
+                )
+            )
+            return False
+        return True
+
+    def _fail(self, error: GossiplearnError) -> None:
+        """Stop taking part: ``finished()`` raises ``error``."""
+        if self.failure is None:
+            log.error("%s", error)
+            self.failure = error
+        self._finished.set()
 
     # ---- network ----------------------------------------------------------------------
 
