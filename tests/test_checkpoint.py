@@ -13,8 +13,9 @@ import pytest
 
 from gossiplearn.peer.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from gossiplearn.protocols.messages import spec_of
+from gossiplearn.types import Params
 
-PARAMS = {"w": np.zeros((1024, 1024), np.float32), "b": np.zeros(10, np.float32)}
+PARAMS: Params = {"w": np.zeros((1024, 1024), np.float32), "b": np.zeros(10, np.float32)}
 
 WRITER = """
 import sys, numpy as np

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -126,9 +126,12 @@ class Watch:
         self.max_attacker_candidates = 0
         self.max_from_one_source = 0
         self.max_book = 0
-        loop = asyncio.get_running_loop()
         for i, peer in enumerate(peers):
-            peer.on("round", lambda info, i=i: self.rounds[i].append(loop.time()))
+            peer.on("round", self._counter(i))
+
+    def _counter(self, index: int) -> Callable[[dict[str, Any]], None]:
+        loop = asyncio.get_running_loop()
+        return lambda info: self.rounds[index].append(loop.time())
 
     def reset(self) -> None:
         self.max_attacker_slots = self.max_attacker_candidates = 0
