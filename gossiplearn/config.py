@@ -255,6 +255,7 @@ class RunConfig(LearningConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        self._check_sizes()  # first: the checks below build things as large as the run
         if self.aggregators > self.sample_size:
             raise ValueError(
                 f"aggregators ({self.aggregators}) cannot exceed sample_size ({self.sample_size})"
@@ -277,6 +278,17 @@ class RunConfig(LearningConfig):
         except ConfigError as error:
             raise ValueError(f"topology: {error}") from None
         return self
+
+    def _check_sizes(self) -> None:
+        total = self.peers + self.joining_peers()
+        rows = TRAIN_ROWS.get(self.dataset)
+        if rows is not None and total > rows:
+            raise ValueError(
+                f"peers: {total} peers need a training sample each, and {self.dataset} has "
+                f"{rows}: use at most {rows} peers (joining ones included)"
+            )
+        if total > MAX_PEERS:
+            raise ValueError(f"peers: {total} peers is more than the {MAX_PEERS} allowed")
 
     def _check_timeline(self) -> None:
         kinds = {e.kind for e in self.timeline}
@@ -341,6 +353,14 @@ class RunConfig(LearningConfig):
     @classmethod
     def _model(cls, value: str) -> str:
         return _one_of("model", value, MODELS)
+
+
+#: Training rows of each known dataset: every peer needs at least one, so a run has at most
+#: this many peers. Checked before anything is sized by the number of peers.
+TRAIN_ROWS = {"digits": 1438, "fashion-mnist": 60_000, "mnist": 60_000}
+#: No run has more peers than this, whatever the dataset: a topology alone would outgrow
+#: memory long before a run of them could finish.
+MAX_PEERS = 100_000
 
 
 def topology_seed(seed: int) -> int:

@@ -23,6 +23,10 @@ class ModelError(ConfigError):
     """A model name is unknown or does not fit the dataset's input shape."""
 
 
+class CheckpointError(GossiplearnError):
+    """A checkpoint cannot be written, or the one on disk holds values out of range."""
+
+
 class WireError(GossiplearnError):
     """A message received from the network is rejected. Never fatal for a peer."""
 

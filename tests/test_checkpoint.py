@@ -13,8 +13,9 @@ import pytest
 
 from gossiplearn.peer.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from gossiplearn.protocols.messages import spec_of
+from gossiplearn.types import Params
 
-PARAMS = {"w": np.zeros((1024, 1024), np.float32), "b": np.zeros(10, np.float32)}
+PARAMS: Params = {"w": np.zeros((1024, 1024), np.float32), "b": np.zeros(10, np.float32)}
 
 WRITER = """
 import sys, numpy as np
@@ -63,3 +64,16 @@ def test_sigkill_while_writing_leaves_the_last_good_checkpoint(tmp_path: Path) -
         assert round_ >= written  # at least the last write that was reported done
         assert np.all(params["w"] == round_)  # and never a torn mix of two writes
         assert [p.name for p in folder.iterdir()] == [CHECKPOINT]  # half-writes cleaned up
+
+
+@pytest.mark.parametrize("round_", [2**64 - 1, 2**40 + 1])
+def test_an_out_of_range_round_is_refused_on_load(tmp_path: Path, round_: int) -> None:
+    from gossiplearn.errors import CheckpointError
+    from gossiplearn.protocols.codec import encode
+    from gossiplearn.protocols.messages import ModelMessage
+
+    (tmp_path / CHECKPOINT).write_bytes(encode(ModelMessage(round_, PARAMS)))
+    with pytest.raises(CheckpointError, match="out of range"):
+        load_checkpoint(tmp_path, spec_of(PARAMS))
+    with pytest.raises(CheckpointError, match="out of range"):
+        save_checkpoint(tmp_path, round_, PARAMS)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +131,77 @@ def test_unknown_flag_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--peerz", "3"])
     assert exit_info.value.code == 2
+
+
+# ---- local faults end cleanly, in real processes ----------------------------------------
+
+PEER = [sys.executable, "-m", "gossiplearn", "peer", "--model", "logreg", "--min-neighbours",
+        "0", "--merge-timeout", "0.1"]  # fmt: skip
+
+
+def run_cli(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_peer_with_an_unwritable_state_dir_exits_1_saying_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    state = blocker / "state"  # cannot be created, even by root
+    run = run_cli([*PEER, "--rounds", "3", "--state-dir", str(state)])
+    assert run.returncode == 1, run.stderr
+    assert f"cannot write checkpoints to {state}" in run.stderr
+    assert "choose another state dir" in run.stderr
+
+
+def test_peer_with_a_busy_metrics_port_exits_2_naming_the_flag() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = run_cli([*PEER, "--rounds", "2", "--metrics-port", str(port)])
+    assert run.returncode == 2, run.stderr
+    assert f"--metrics-port {port}" in run.stderr and "free port" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_peer_ignores_a_checkpoint_with_an_absurd_round_and_runs(tmp_path: Path) -> None:
+    from gossiplearn.learning.datasets import load_dataset
+    from gossiplearn.learning.models import build_model
+    from gossiplearn.learning.trainer import params_of
+    from gossiplearn.peer.checkpoint import CHECKPOINT, load_checkpoint
+    from gossiplearn.protocols.codec import encode
+    from gossiplearn.protocols.messages import ModelMessage, spec_of
+
+    data = load_dataset("digits")
+    params = params_of(build_model("logreg", data.input_shape, data.num_classes, seed=0))
+    (tmp_path / CHECKPOINT).write_bytes(encode(ModelMessage(2**64 - 1, params)))
+    run = run_cli([*PEER, "--rounds", "2", "--state-dir", str(tmp_path)])
+    assert run.returncode == 0, run.stderr
+    assert "ignoring checkpoint" in run.stderr and "out of range" in run.stderr
+    saved = load_checkpoint(tmp_path, spec_of(params))
+    assert saved is not None and saved[0] == 2  # started afresh
+
+
+def test_a_billion_peers_is_refused_before_anything_is_built(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    assert main(["simulate", "--peers", "1000000000", "--quiet"]) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert "peers" in err and "at most 1438" in err
+
+
+def test_ctrl_c_stops_simulate_with_exit_130(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "gossiplearn", "simulate", "--peers", "1400", "--rounds",
+            "1000", "--model", "logreg", "--out", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # importing, validating or simulating: Ctrl-C works in all of them
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err

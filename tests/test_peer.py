@@ -234,3 +234,70 @@ def test_attack_settings_are_checked() -> None:
         PeerConfig(attack="flip")
     with pytest.raises(ValueError, match="gossip only"):
         PeerConfig(attack="sign-flip", protocol="modest")
+
+
+async def test_a_silent_neighbour_gives_way_to_a_useful_peer() -> None:
+    from gossiplearn.peer.discovery import SOURCE_QUOTA, encode_exchange
+    from gossiplearn.transport import PEER_EXCHANGE_PROTOCOL
+
+    network = InMemoryNetwork()
+    silent = network.transport("silent")  # accepts everything, never sends a model
+
+    async def swallow(sender: str, payload: bytes) -> None:
+        return None
+
+    silent.set_handler(MODEL_PROTOCOL, swallow)
+    silent.set_handler(PEER_EXCHANGE_PROTOCOL, swallow)
+    await silent.start()
+    # h keeps one neighbour and bootstraps from the silent peer; friend comes later.
+    h = make_peer(network, "h", 0, 2, bootstrap=("silent",), neighbours=1, merge_timeout=0.3)
+    friend = make_peer(network, "friend", 1, 2, bootstrap=("h",))
+    seen: list[list[str]] = []
+    async with asyncio.timeout(60), h, friend:
+        await asyncio.sleep(0.5)  # a round, waiting for silent's model
+        assert h.neighbours == ["silent"]
+        lies = [("silent", [memory_address("silent")])]
+        lies += [(f"fake{i}", [memory_address(f"fake{i}")]) for i in range(300)]
+        while h.neighbours != ["friend"]:
+            for start in range(0, len(lies), 64):  # peer exchange does not make a neighbour
+                await silent.send("h", PEER_EXCHANGE_PROTOCOL, encode_exchange(lies[start:]))
+            seen.append(list(h.neighbours))
+            await asyncio.sleep(0.2)
+        for _ in range(10):
+            await silent.send("h", PEER_EXCHANGE_PROTOCOL, encode_exchange(lies[:64]))
+            await asyncio.sleep(0.1)
+        assert h.neighbours == ["friend"]  # silent never gets back in
+        assert h.book is not None and h.book.count_from("silent") <= SOURCE_QUOTA
+        rounds = h.status().round
+        await asyncio.sleep(2.0)
+        assert h.status().round - rounds >= 4  # no longer waiting out merge timeouts
+    await silent.stop()
+    assert all(set(n) <= {"silent", "friend"} for n in seen)  # never a fake id
+
+
+async def test_a_checkpoint_that_cannot_be_written_fails_the_peer(tmp_path: Path) -> None:
+    import shutil
+
+    from gossiplearn.errors import CheckpointError
+
+    state = tmp_path / "state"
+    peer = make_peer(InMemoryNetwork(), "solo", 0, 1, state_dir=state, merge_timeout=0.05)
+    async with asyncio.timeout(30), peer:
+        while peer.status().round < 2:
+            await asyncio.sleep(0.02)
+        shutil.rmtree(state)
+        state.write_text("")  # a file where the directory was
+        with pytest.raises(CheckpointError, match="choose another state dir"):
+            await peer.finished()
+    assert not peer.status().finished
+
+
+async def test_an_out_of_range_checkpoint_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = make_peer(InMemoryNetwork(), "solo", 0, 1, state_dir=tmp_path, rounds=1)
+    (tmp_path / CHECKPOINT).write_bytes(encode(ModelMessage(2**64 - 1, peer.learner.params())))
+    async with asyncio.timeout(30), peer:
+        assert peer.core is not None and peer.core.round == 0
+        await peer.finished()
+    assert "ignoring checkpoint" in caplog.text and "out of range" in caplog.text

@@ -365,9 +365,8 @@ def test_sybilwall_resists_a_sybil_label_flip_attack_better_than_mean() -> None:
         runs = {
             (rule, attacked): simulate(
                 make_config(
-                    **BASE, seed=seed, aggregator=rule, clip=False,
-                    **(attack if attacked else {}),
-                )  # fmt: skip
+                    **BASE, seed=seed, aggregator=rule, clip=False, **(attack if attacked else {})
+                )
             ).summary
             for rule in ("mean", "sybilwall")
             for attacked in (False, True)

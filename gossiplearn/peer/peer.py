@@ -29,11 +29,22 @@ from gossiplearn.aggregation import get_aggregator
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
-from gossiplearn.errors import MalformedMessage, WireError
+from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
-from gossiplearn.peer.checkpoint import load_checkpoint, save_checkpoint
+from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from gossiplearn.peer.config import PeerConfig
-from gossiplearn.peer.discovery import AddressBook, decode_exchange, encode_exchange
+from gossiplearn.peer.discovery import (
+    DIAL_TIMEOUT,
+    DIALS_PER_SOURCE,
+    FIRST_HAND,
+    GRACE_ROUNDS,
+    MAX_DIALS,
+    MAX_PX_PEERS,
+    AddressBook,
+    Usefulness,
+    decode_exchange,
+    encode_exchange,
+)
 from gossiplearn.peer.quarantine import Quarantine
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
@@ -95,6 +106,10 @@ class PeerStatus:
     messages_out: int
     rejected: dict[str, int] = field(default_factory=dict)
     finished: bool = False
+    #: Peers dialled from the address book that have not sent a valid model yet.
+    candidates: list[str] = field(default_factory=list)
+    #: Dials to peers from the address book, by outcome: ok, failed, timeout.
+    dials: dict[str, int] = field(default_factory=dict)
 
 
 class Peer:
@@ -144,6 +159,13 @@ class Peer:
         self.core: GossipCore | ModestCore | AttackerCore | None = None
         self.book: AddressBook | None = None
         self.neighbours: list[str] = []
+        #: Dialled peers on probation (-> the source of their address): they become
+        #: neighbours once they send a valid model, and are dropped if they stay silent.
+        self.candidates: dict[str, str] = {}
+        self._dialling: dict[str, str] = {}
+        self.dials: Counter[str] = Counter()
+        push_one = self.config.push == "one"  # a neighbour sends us one round in N
+        self.usefulness = Usefulness(GRACE_ROUNDS * (self.config.neighbours if push_one else 1))
         self.accuracy: float | None = None
         self.traffic: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -156,6 +178,8 @@ class Peer:
         self._finished = asyncio.Event()
         self._round_lock = asyncio.Lock()  # evaluations and checkpoints stay in round order
         self._final_round: int | None = None
+        #: What stopped this peer early (e.g. its checkpoints cannot be written).
+        self.failure: GossiplearnError | None = None
         self._running = False
         self._attacking = True
         #: Peers cut off by a scenario's partition: messages to and from them are lost.
@@ -182,6 +206,9 @@ class Peer:
         self._listeners[event].append(listener)
 
     async def start(self) -> None:
+        """Start networking and round 1; CheckpointError if ``state_dir`` is unusable."""
+        if self.state_dir is not None:  # before the transport: nothing to undo
+            check_writable(self.state_dir)
         self.transport.set_handler(MODEL_PROTOCOL, self._on_model_bytes)
         self.transport.set_handler(PEER_EXCHANGE_PROTOCOL, self._on_exchange_bytes)
         self.transport.set_handler(GOODBYE_PROTOCOL, self._on_goodbye)
@@ -223,8 +250,11 @@ class Peer:
         await self.transport.stop()
 
     async def finished(self) -> None:
-        """Wait until the peer has run all its configured rounds."""
+        """Wait until the peer has run all its configured rounds; raise the error that
+        stopped it early, if one did (e.g. CheckpointError)."""
         await self._finished.wait()
+        if self.failure is not None:
+            raise self.failure
 
     def status(self) -> PeerStatus:
         return PeerStatus(
@@ -239,7 +269,9 @@ class Peer:
             messages_in=self.traffic["messages_in"],
             messages_out=self.traffic["messages_out"],
             rejected=self._rejected_counts(),
-            finished=self._finished.is_set(),
+            finished=self._finished.is_set() and self.failure is None,
+            candidates=list(self.candidates),
+            dials=dict(self.dials),
         )
 
     def _rejected_counts(self) -> dict[str, int]:
@@ -311,7 +343,7 @@ class Peer:
         assert self.state_dir is not None
         try:
             saved = load_checkpoint(self.state_dir, self.spec)
-        except WireError as error:
+        except (WireError, CheckpointError) as error:
             log.warning("ignoring checkpoint in %s: %s", self.state_dir, error)
             return fresh, 0
         if saved is None:
@@ -381,12 +413,36 @@ class Peer:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
                 self.accuracy = await asyncio.to_thread(self.evaluator.accuracy, params)
                 info["accuracy"] = self.accuracy
-            if self.state_dir is not None:
-                await asyncio.to_thread(save_checkpoint, self.state_dir, round_, params)
+            if self.state_dir is not None and not await self._checkpoint(round_, params):
+                return
             info |= {k: self.traffic[k] for k in ("bytes_in", "bytes_out")}
             self._emit("round", info)
             if round_ == self._final_round:  # finished once the last round is recorded
                 self._finished.set()
+
+    async def _checkpoint(self, round_: int, params: dict[str, Any]) -> bool:
+        """Save the round's checkpoint; if it cannot be saved, fail the peer (a peer that
+        cannot resume must not pretend to run on)."""
+        assert self.state_dir is not None
+        try:
+            await asyncio.to_thread(save_checkpoint, self.state_dir, round_, params)
+        except (OSError, CheckpointError) as error:
+            text = error.strerror if isinstance(error, OSError) and error.strerror else error
+            self._fail(
+                CheckpointError(
+                    f"cannot write the round {round_} checkpoint to {self.state_dir}: "
+                    f"{text}; make it writable (or free space) or choose another state dir"
+                )
+            )
+            return False
+        return True
+
+    def _fail(self, error: GossiplearnError) -> None:
+        """Stop taking part: ``finished()`` raises ``error``."""
+        if self.failure is None:
+            log.error("%s", error)
+            self.failure = error
+        self._finished.set()
 
     # ---- network ----------------------------------------------------------------------
 
@@ -442,7 +498,7 @@ class Peer:
                 self._drop_neighbour(sender)
             return
         self.quarantine.forgive(sender)
-        self._add_neighbour(sender)
+        self._on_useful(sender)
         self._dispatch(MessageReceived(sender, message))
 
     async def _on_exchange_bytes(self, sender: str, payload: bytes) -> None:
@@ -453,10 +509,11 @@ class Peer:
             log.warning("rejected a peer-exchange message from %s: %s", sender, error)
             return
         assert self.book is not None
-        for peer, addresses in entries:
-            if self.book.add(peer, addresses):
-                log.info("learned of %s from %s", peer, sender)
-        self._add_neighbour(sender)
+        for peer, addresses in entries:  # hearsay, even about the sender itself
+            if self.book.add(peer, addresses, source=sender):
+                log.debug("learned of %s from %s", peer, sender)
+        if not self._probation:  # modest does not wait for neighbours: no probation
+            self._add_neighbour(sender)
 
     async def _on_goodbye(self, sender: str, payload: bytes) -> None:
         log.info("%s is leaving", sender)
@@ -497,19 +554,17 @@ class Peer:
             return
 
     async def _exchange_loop(self) -> None:
-        """Tell neighbours whom we know; dial known peers while below the neighbour target."""
+        """Tell neighbours of useful peers; drop silent ones; dial while below target."""
         while self._running:
             await asyncio.sleep(self.config.exchange_interval)
             assert self.book is not None
             own = (self.peer_id, self.transport.addresses)
-            payload = encode_exchange([own, *self.book.entries()[-63:]])
+            payload = encode_exchange([own, *self.book.shareable(MAX_PX_PEERS - 1)])
             for peer in list(self.neighbours):
                 self._spawn(self._send_exchange(peer, payload))
-            for peer, addresses in reversed(self.book.entries()):
-                if len(self.neighbours) >= self.config.neighbours:
-                    break
-                if peer not in self.neighbours and addresses:
-                    self._spawn(self._dial_known(peer, addresses[0]))
+            self._drop_silent()
+            self.book.expire()
+            self._dial_more()
 
     async def _send_exchange(self, peer: str, payload: bytes) -> None:
         try:
@@ -519,23 +574,100 @@ class Peer:
             log.info("peer exchange with %s failed: %s", peer, error)
             self._drop_neighbour(peer)
 
-    async def _dial_known(self, peer: str, address: str) -> None:
-        try:
-            async with asyncio.timeout(self.config.send_timeout):
-                await self.transport.connect(address)
-        except (TransportError, TimeoutError) as error:
-            log.info("cannot reach %s at %s: %s", peer, address, error)
-            assert self.book is not None
-            self.book.forget(peer)
+    @property
+    def _probation(self) -> bool:
+        """Gossip waits for its neighbours' models, so a neighbour must prove useful."""
+        return self.config.protocol == "gossip"
+
+    def _drop_silent(self) -> None:
+        """Drop neighbours and candidates that sent no valid model for the grace period."""
+        if not self._probation:
             return
-        self._add_neighbour(peer)
+        assert self.book is not None
+        round_ = self._core_round()
+        for peer in [*self.neighbours, *self.candidates]:
+            if self.usefulness.silent(peer, round_):
+                grace = self.usefulness.grace_rounds
+                log.info("dropping %s: no valid model in %d rounds", peer, grace)
+                self._drop_neighbour(peer)
+                self.candidates.pop(peer, None)
+                self.book.failed(peer)
+
+    def _dial_more(self) -> None:
+        """Dial known peers, best first, while below the neighbour target; a few at a
+        time, and only a few from what one source told us."""
+        assert self.book is not None
+        busy = {*self.neighbours, *self.candidates, *self._dialling}
+        free = self.config.neighbours - len(busy)
+        per_source = Counter([*self._dialling.values(), *self.candidates.values()])
+        for peer in self.book.to_dial(busy | self.blocked, self.usefulness.useful()):
+            if free <= 0 or len(self._dialling) >= MAX_DIALS:
+                return
+            source = self.book.source_of(peer) or FIRST_HAND
+            if source != FIRST_HAND and per_source[source] >= DIALS_PER_SOURCE:
+                continue
+            per_source[source] += 1
+            free -= 1
+            self._dialling[peer] = source
+            self._spawn(self._dial_known(peer, self.book.addresses(peer)[0]))
+
+    async def _dial_known(self, peer: str, address: str) -> None:
+        assert self.book is not None
+        source = self._dialling.get(peer, FIRST_HAND)
+        try:
+            async with asyncio.timeout(min(self.config.send_timeout, DIAL_TIMEOUT)):
+                reached = await self.transport.connect(address)
+        except (TransportError, TimeoutError) as error:
+            self.dials["timeout" if isinstance(error, TimeoutError) else "failed"] += 1
+            log.info("cannot reach %s at %s: %s", peer, address, error)
+            self.book.failed(peer)
+            return
+        finally:
+            self._dialling.pop(peer, None)
+        self.dials["ok"] += 1
+        if reached != peer:  # the address leads elsewhere: a stale or false entry
+            self.book.failed(peer)
+            return
+        self.book.reached(peer)
+        if not self._probation:
+            self._add_neighbour(peer)
+        elif peer not in self.neighbours:
+            self.candidates[peer] = source
+            self.usefulness.joined(peer, self._core_round())
+            self._spawn(self._send_hello(peer))
+
+    async def _send_hello(self, peer: str) -> None:
+        """Go first with a peer we dialled: send it our model, so that an honest peer
+        makes us its neighbour and answers with its own (a silent one is dropped)."""
+        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
+        if isinstance(core, GossipCore):
+            await self._send(peer, ModelMessage(core.round, core.params, core.config.samples))
+
+    def _on_useful(self, peer: str) -> None:
+        """``peer`` sent a valid message: count it, and make it a neighbour, in place of
+        the least useful silent one if the neighbour set is full."""
+        round_ = self._core_round()
+        self.usefulness.model_from(peer, round_)
+        if self.book is not None:
+            self.book.useful(peer)
+        self.candidates.pop(peer, None)
+        if peer in self.neighbours or len(self.neighbours) < self.config.neighbours:
+            self._add_neighbour(peer)
+            return
+        silent = self.usefulness.least_useful_silent(self.neighbours, round_)
+        if silent is not None and self._probation:
+            log.info("%s replaces %s, which sent no valid model lately", peer, silent)
+            self._drop_neighbour(silent)
+            self._add_neighbour(peer)
 
     def _add_neighbour(self, peer: str) -> None:
         if peer in self.neighbours or len(self.neighbours) >= self.config.neighbours:
             return
         if self.quarantine.holds(peer, asyncio.get_running_loop().time()):
             return
+        self.candidates.pop(peer, None)
         self.neighbours.append(peer)
+        self.usefulness.joined(peer, self._core_round())
         self._emit("peer_joined", {"peer": peer})
         self._dispatch(PeerUp(peer))
 

@@ -108,6 +108,8 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
+    if options.metrics_port is not None:
+        _serve_metrics(peer, options.metrics_port, options.metrics_address)
     metrics = None
     if options.out is not None:
         options.out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +127,6 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             metrics.write(json.dumps(line) + "\n")
             metrics.flush()
 
-    if options.metrics_port is not None:
-        PeerMetrics(peer).serve(options.metrics_port, options.metrics_address)
     peer.on("round", on_round)
     peer.on("peer_joined", lambda info: print(f"neighbour joined: {info['peer']}", flush=True))
     peer.on("peer_left", lambda info: print(f"neighbour left: {info['peer']}", flush=True))
@@ -152,6 +152,8 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for task in (finished, stopped):
                 task.cancel()
+            if finished.done() and not finished.cancelled():
+                finished.exception()  # a failure is raised below, after the summary
             if follower is not None:
                 clock.cancel()
             status = peer.status()
@@ -173,4 +175,17 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             "wall_seconds": round(time.monotonic() - started, 3),
         }
         (options.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if peer.failure is not None:
+        raise peer.failure  # after the summary: the CLI exits 1 with its message
     return 0
+
+
+def _serve_metrics(peer: Peer, port: int, address: str) -> None:
+    """Serve /metrics; ConfigError naming the flags if the port cannot be had."""
+    try:
+        PeerMetrics(peer).serve(port, address)
+    except OSError as error:
+        raise ConfigError(
+            f"--metrics-port {port}: cannot serve metrics on {address}:{port} "
+            f"({error.strerror or error}); choose a free port (or another --metrics-address)"
+        ) from None

@@ -407,6 +407,15 @@ def _evaluator(
     return Evaluator(model, torch.from_numpy(x), torch.from_numpy(y))
 
 
+def _check_fits(peers: int, data: Dataset) -> None:
+    rows = len(data.train_y)
+    if peers > rows:
+        raise ConfigError(
+            f"peers: {peers} peers need a training sample each, and {data.name} has {rows}: "
+            f"use at most {rows} peers (joining ones included)"
+        )
+
+
 def simulate(
     config: RunConfig, on_metrics: Callable[[MetricsLine], None] | None = None
 ) -> RunResult:
@@ -414,8 +423,11 @@ def simulate(
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
     total = config.peers + config.joining_peers()
-    streams = _Streams.from_seed(config.seed, total)
+    # Cheapest checks first: the data decides how many peers can have a shard, before
+    # anything is sized by the number of peers.
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    _check_fits(total, data)
+    streams = _Streams.from_seed(config.seed, total)
     transfer = _transfer(config, data)
     if transfer is not None:  # peers never get the rows the extractor was trained on
         data = transfer.peer_data
