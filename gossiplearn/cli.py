@@ -58,7 +58,7 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
-        "sybilwall (gossip protocol, simulate only: gossips histories to find Sybils), "
+        "sybilwall (gossip protocol: gossips signed histories to find Sybils), "
         "bristle (gossip protocol, simulate only: frozen pretrained features, merges "
         "output layers by per-class F1; extractor=PATH from gossiplearn pretrain)",
     )
@@ -434,7 +434,8 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
 
 _SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
 _PEER_SETTINGS = (
-    "neighbours", "exchange_interval", "min_neighbours", "start_timeout", "inbound_mb_per_second"
+    "neighbours", "exchange_interval", "min_neighbours", "start_timeout", "inbound_mb_per_second",
+    "sybils",
 )  # fmt: skip
 
 
@@ -537,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     add("--protocol", choices=["gossip", "modest"], help="gossip (default) or modest")
     add("--attack", help="make this peer attack, to test your network: see simulate --help")
+    add(
+        "--sybils",
+        type=int,
+        help="with --attack: identities this peer holds, itself included; each has its own "
+        "key and address and sends the same poisoned model (default 1)",
+    )
     add("--scenario", type=Path, help="play role --index of this scenario (TOML or JSON)")
     add("--index", type=int, help="with --scenario: which of its peers this is (from 0)")
     add(

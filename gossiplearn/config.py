@@ -27,7 +27,9 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import DATASETS
 from gossiplearn.learning.models import MODELS
 from gossiplearn.learning.partition import parse_partition
+from gossiplearn.protocols.gossip import GossipConfig
 from gossiplearn.protocols.modest import ModestConfig
+from gossiplearn.protocols.sybilwall import SybilWallConfig
 from gossiplearn.timeline import Step, TimelineEvent, resolve
 from gossiplearn.topologies import build_topology, parse_topology
 
@@ -155,6 +157,30 @@ class LearningConfig(BaseModel):
             inactivity_threshold=self.inactivity_threshold,
             aggregation_timeout=self.aggregation_timeout,
             samples=samples,
+        )
+
+    def gossip_config(self, rounds: int, local_steps: int, samples: int) -> GossipConfig:
+        """The gossip core's settings for a peer that trains ``local_steps`` per round."""
+        return GossipConfig(
+            rounds=rounds,
+            local_steps=local_steps,
+            push=self.push,
+            buffer_size=self.buffer_size,
+            wait_for_buffer=self.wait_for_buffer,
+            merge_timeout=self.merge_timeout,
+            samples=samples,
+        )
+
+    def sybilwall_config(self, rounds: int, local_steps: int, samples: int) -> SybilWallConfig:
+        """The SybilWall core's settings (``lam`` and ``max_records`` from aggregator_params)."""
+        options = self.aggregator_params
+        return SybilWallConfig(
+            rounds=rounds,
+            local_steps=local_steps,
+            merge_timeout=self.merge_timeout,
+            samples=samples,
+            lam=float(options.get("lam", 0.8)),
+            max_records=int(options.get("max_records", 64)),
         )
 
     def steps_per_round(self, steps_per_epoch: int) -> int:

@@ -61,7 +61,7 @@ class Launcher:
             raise ConfigError(
                 f"launch runs protocol gossip or modest; {config.protocol!r} runs in simulate"
             )
-        if config.aggregator in CORE_AGGREGATORS:
+        if config.aggregator in CORE_AGGREGATORS and config.aggregator != "sybilwall":
             raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
         if config.protocol == "modest" and config.joining_peers():
             raise ConfigError("timeline: peers join real runs with protocol gossip only")

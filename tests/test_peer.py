@@ -16,8 +16,10 @@ from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
 from gossiplearn.peer import Peer, PeerConfig
 from gossiplearn.peer.checkpoint import CHECKPOINT
+from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.codec import encode
 from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.transport import MODEL_PROTOCOL
 from gossiplearn.transport.memory import InMemoryNetwork, memory_address
 
@@ -301,3 +303,32 @@ async def test_an_out_of_range_checkpoint_is_ignored_with_a_warning(
         assert peer.core is not None and peer.core.round == 0
         await peer.finished()
     assert "ignoring checkpoint" in caplog.text and "out of range" in caplog.text
+
+
+async def test_sybil_identities_send_the_attackers_model_and_sybilwall_mutes_them() -> None:
+    network = InMemoryNetwork()
+    honest = [make_peer(network, "h0", 0, 4, aggregator="sybilwall", rounds=8, neighbours=8)]
+    honest += [
+        make_peer(network, f"h{i}", i, 4, bootstrap=("h0",), aggregator="sybilwall", rounds=8)
+        for i in (1, 2)
+    ]
+    sybils = [network.transport(f"s{i}") for i in range(3)]
+    attacker = make_peer(
+        network, "a", 3, 4, bootstrap=("h0",), attack="sign-flip", sybils=4, rounds=8
+    )
+    attacker.sybils = SybilIdentities(sybils)  # its other identities, on the same network
+    async with asyncio.timeout(90), honest[0], honest[1], honest[2], attacker:
+        await asyncio.gather(*(peer.finished() for peer in honest))
+        core = honest[0].core
+        weights = core.last_weights if isinstance(core, SybilWallCore) else {}
+        sent = attacker.sybils.delivered
+    assert sent >= 3 * 5  # every identity sent to h0 (its bootstrap) in most rounds
+    identities = {"a", "s0", "s1", "s2"}
+    assert identities & set(weights), weights  # h0 merged the attacker's identities' models
+    assert max(weights[p] for p in identities & set(weights)) < 0.05, weights  # and muted them
+    assert min(p.status().accuracy or 0.0 for p in honest) > 0.8
+
+
+def test_sybils_need_an_attack() -> None:
+    with pytest.raises(ValueError, match="sybils: only an attacker"):
+        PeerConfig(sybils=3)

@@ -18,6 +18,8 @@ class PeerConfig(LearningConfig):
     protocol: Literal["gossip", "modest"] = "gossip"
     #: Make this peer attack (to test your own network's defences); see gossiplearn.attacks.
     attack: str | None = None
+    #: Identities an attacker holds, itself included: each sends the same poisoned model.
+    sybils: int = Field(1, ge=1, le=1000)
     #: Rounds to run; None runs until stopped.
     rounds: int | None = Field(None, ge=1)
     #: Neighbours to keep: peer exchange dials known peers while fewer are live.
@@ -37,11 +39,13 @@ class PeerConfig(LearningConfig):
             parse_attack(self.attack)
             if self.protocol != "gossip":
                 raise ValueError("a peer attacks with protocol gossip only")
+        elif self.sybils > 1:
+            raise ValueError("sybils: only an attacker holds Sybil identities; set attack")
         return self
 
     @field_validator("aggregator")
     @classmethod
     def _merge_rule(cls, value: str) -> str:
-        if value in CORE_AGGREGATORS:
+        if value in CORE_AGGREGATORS and value != "sybilwall":
             raise ValueError(f"aggregator {value!r} runs in the simulator only (simulate)")
         return value

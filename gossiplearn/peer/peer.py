@@ -46,6 +46,7 @@ from gossiplearn.peer.discovery import (
     encode_exchange,
 )
 from gossiplearn.peer.quarantine import Quarantine
+from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
@@ -67,11 +68,12 @@ from gossiplearn.protocols.events import (
     TrainingDone,
     speaks_any_message,
 )
-from gossiplearn.protocols.gossip import GossipConfig, GossipCore
+from gossiplearn.protocols.gossip import GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
 from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier
+from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
@@ -113,7 +115,12 @@ class PeerStatus:
 
 
 class Peer:
-    """One gossip-learning peer on a real (or in-memory) network."""
+    """One gossip-learning peer on a real (or in-memory) network.
+
+    An attacker with ``config.sybils`` > 1 holds that many identities: on libp2p it makes
+    the other keys itself; with a ``transport`` of your own, pass theirs as
+    ``sybil_transports``.
+    """
 
     def __init__(
         self,
@@ -127,11 +134,19 @@ class Peer:
         bootstrap: Sequence[str] = (),
         identity: Path | None = None,
         state_dir: Path | None = None,
+        sybil_transports: Sequence[Transport] | None = None,
     ) -> None:
         self.config = config or PeerConfig()
         max_frame = int(self.config.max_message_mb * 2**20) + 4096
         rate = self.config.inbound_mb_per_second * 2**20
+        if sybil_transports is None:  # on libp2p: fresh keys, listening where the peer does
+            sybils = self.config.sybils - 1 if transport is None else 0
+            sybil_transports = [
+                _libp2p_transport(listen, None, max_frame, rate) for _ in range(sybils)
+            ]
         self.transport = transport or _libp2p_transport(listen, identity, max_frame, rate)
+        #: An attacker's other identities (``config.sybils``): they send what it sends.
+        self.sybils = SybilIdentities(sybil_transports, self.config.send_timeout)
         self.bootstrap = list(bootstrap)
         self.state_dir = state_dir
         seeds = np.random.SeedSequence(self.config.seed).spawn(3)
@@ -156,7 +171,7 @@ class Peer:
         self.evaluator = Evaluator(_clone(model), *test_data) if test_data is not None else None
         self.spec = spec_of(self.learner.params())
         self._core_rng = np.random.default_rng(seeds[1])
-        self.core: GossipCore | ModestCore | AttackerCore | None = None
+        self.core: GossipCore | ModestCore | SybilWallCore | AttackerCore | None = None
         self.book: AddressBook | None = None
         self.neighbours: list[str] = []
         #: Dialled peers on probation (-> the source of their address): they become
@@ -213,6 +228,7 @@ class Peer:
         self.transport.set_handler(PEER_EXCHANGE_PROTOCOL, self._on_exchange_bytes)
         self.transport.set_handler(GOODBYE_PROTOCOL, self._on_goodbye)
         await self.transport.start()
+        await self.sybils.start()
         self.book = AddressBook(self.peer_id)
         params, round_ = self.learner.params(), 0
         if self.state_dir is not None:
@@ -247,6 +263,7 @@ class Peer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sybils.stop()
         await self.transport.stop()
 
     async def finished(self) -> None:
@@ -289,7 +306,7 @@ class Peer:
 
     def _make_core(
         self, params: dict[str, Any], round_: int
-    ) -> GossipCore | ModestCore | AttackerCore:
+    ) -> GossipCore | ModestCore | SybilWallCore | AttackerCore:
         c = self.config
         steps = c.steps_per_round(self.learner.steps_per_epoch())
         rounds = c.rounds or sys.maxsize
@@ -304,15 +321,14 @@ class Peer:
                 self.peer_id, modest, params, view, self._core_rng,
                 signer=signer, verifier=verifier,
             )  # fmt: skip
-        gossip = GossipConfig(
-            rounds=rounds,
-            local_steps=steps,
-            push=c.push,
-            buffer_size=c.buffer_size,
-            wait_for_buffer=c.wait_for_buffer,
-            merge_timeout=c.merge_timeout,
-            samples=self.learner.samples,
-        )
+        if c.aggregator == "sybilwall":  # histories are signed with the transport's key
+            signer, verifier = self._signing()
+            sybilwall = c.sybilwall_config(rounds, steps, self.learner.samples)
+            return SybilWallCore(
+                self.peer_id, sybilwall, [], params, self._core_rng, round=round_,
+                signer=signer, verifier=verifier,
+            )  # fmt: skip
+        gossip = c.gossip_config(rounds, steps, self.learner.samples)
         merge = get_aggregator(c.aggregator, **c.aggregator_options())
         core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_)
         if self.attack is not None:
@@ -337,7 +353,7 @@ class Peer:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         if isinstance(core, ModestCore):
             return core.round_estimate
-        return core.round if isinstance(core, GossipCore) else 0
+        return core.round if isinstance(core, GossipCore | SybilWallCore) else 0
 
     def _resume(self, fresh: dict[str, Any]) -> tuple[dict[str, Any], int]:
         assert self.state_dir is not None
@@ -450,6 +466,8 @@ class Peer:
         if peer in self.blocked:
             return
         payload = await asyncio.to_thread(encode, message)
+        if self.sybils.transports and self._attacking and self.book is not None:
+            self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.config.send_timeout):
@@ -640,7 +658,7 @@ class Peer:
         """Go first with a peer we dialled: send it our model, so that an honest peer
         makes us its neighbour and answers with its own (a silent one is dropped)."""
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, GossipCore):
+        if isinstance(core, GossipCore | SybilWallCore):
             await self._send(peer, ModelMessage(core.round, core.params, core.config.samples))
 
     def _on_useful(self, peer: str) -> None:

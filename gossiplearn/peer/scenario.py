@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: Events a peer carries out itself (join and recover are process starts).
 OWN_KINDS = ("crash", "leave", "partition", "heal", "attack-start", "attack-stop")
 #: RunConfig fields that a real peer's PeerConfig takes as they are.
-_SHARED = set(PeerConfig.model_fields) - {"attack", "neighbours"}
+_SHARED = set(PeerConfig.model_fields) - {"attack", "sybils", "neighbours"}
 
 
 def peer_config(config: RunConfig, index: int, attackers: list[int]) -> PeerConfig:
@@ -58,6 +58,7 @@ def peer_config(config: RunConfig, index: int, attackers: list[int]) -> PeerConf
     values["neighbours"] = max(d for _, d in graph.degree())
     if index in attackers:
         values["attack"] = config.attack
+        values["sybils"] = config.sybils
     return validated(PeerConfig, f"role {index} of the scenario", values)
 
 

@@ -36,11 +36,11 @@ from gossiplearn.protocols.bristle import BristleConfig, BristleCore, Validation
 from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore, metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgConfig, FedAvgServer
-from gossiplearn.protocols.gossip import GossipConfig, GossipCore, Merge
+from gossiplearn.protocols.gossip import GossipCore, Merge
 from gossiplearn.protocols.messages import spec_of
 from gossiplearn.protocols.modest import ModestConfig, ModestCore
 from gossiplearn.protocols.modest_messages import Activity
-from gossiplearn.protocols.sybilwall import SybilWallConfig, SybilWallCore
+from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.scenarios.adversary import (
     Adversary,
@@ -198,15 +198,7 @@ def _gossip_core(
     round_: int = 0,
     params: Params | None = None,
 ) -> GossipCore:
-    gossip = GossipConfig(
-        rounds=config.rounds,
-        local_steps=_local_steps(config, learner),
-        push=config.push,
-        buffer_size=config.buffer_size,
-        wait_for_buffer=config.wait_for_buffer,
-        merge_timeout=config.merge_timeout,
-        samples=learner.samples,
-    )
+    gossip = config.gossip_config(config.rounds, _local_steps(config, learner), learner.samples)
     start = learner.params() if params is None else params
     # Attack runs measure the weight honest peers give attackers (attacker_weight).
     weigh = None
@@ -224,15 +216,8 @@ def _sybilwall_core(
     round_: int = 0,
     params: Params | None = None,
 ) -> SybilWallCore:
-    options = config.aggregator_options()
-    sybilwall = SybilWallConfig(
-        rounds=config.rounds,
-        local_steps=_local_steps(config, learner),
-        merge_timeout=config.merge_timeout,
-        samples=learner.samples,
-        lam=float(options.get("lam", 0.8)),
-        max_records=int(options.get("max_records", 64)),
-    )
+    steps = _local_steps(config, learner)
+    sybilwall = config.sybilwall_config(config.rounds, steps, learner.samples)
     start = learner.params() if params is None else params
     keys = run_keys(config.seed)  # signed histories
     return SybilWallCore(
@@ -537,9 +522,7 @@ def write_run(result: RunResult, out: Path) -> None:
 
 def planned_attackers(config: RunConfig) -> list[int]:
     """The attackers :func:`simulate` picks for ``config``: a real peer of the scenario
-    derives whether it attacks the same way."""
-    if config.sybils > 1:
-        raise ConfigError("Sybil identities (sybils > 1) run in simulate only")
+    derives whether it attacks the same way (with ``sybils``, it holds that many keys)."""
     total = config.peers + config.joining_peers()
     streams = _Streams.from_seed(config.seed, total)
     graph = build_topology(config.topology, config.peers, streams.topology_seed)

@@ -19,13 +19,13 @@ import itertools
 
 import numpy as np
 import pytest
-from adversarial_net import a_model, attacker, honest_network, measure
 
 from gossiplearn.peer import Peer
 from gossiplearn.protocols.codec import encode
 from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.transport.base import MODEL_PROTOCOL, TransportError
 from gossiplearn.types import Params
+from tests.adversarial.adversarial_net import a_model, attacker, honest_network, measure
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
