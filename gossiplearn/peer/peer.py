@@ -197,6 +197,8 @@ class Peer:
         self.serve_when_finished = False
         self._served_round: dict[str, int] = {}
         self._served_at: dict[str, float] = {}
+        #: When a neighbour still training last sent us a model after we finished.
+        self.last_request_at: float | None = None
         #: Where the last round's time went (seconds): training, pacing, waiting to merge.
         self._round_timing: dict[str, float] = {}
         self._trained_at: float | None = None
@@ -567,12 +569,14 @@ class Peer:
             return
         if not isinstance(message, ModelMessage) or event.sender not in self.neighbours:
             return
-        # At most one answer per gossip period and sender: two finished peers answering
-        # each other exchange one model per period, not a flood.
         now = asyncio.get_running_loop().time()
+        last = self._served_round.get(event.sender, core.round)
+        if message.round == last and event.sender in self._served_round:
+            return  # the echo of our own answer by a finished peer: no ping-pong
+        self.last_request_at = now
+        # At most one answer per gossip period and sender.
         if now < self._served_at.get(event.sender, 0.0) + (self.config.min_round_seconds or 1.0):
             return
-        last = self._served_round.get(event.sender, core.round)
         round_ = max(message.round, last + 1)  # newer than what it has: not a replay
         self._served_round[event.sender] = round_
         self._served_at[event.sender] = now

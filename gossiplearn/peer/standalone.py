@@ -204,11 +204,20 @@ async def _linger(peer: Peer, seconds: float, stop: asyncio.Event) -> None:
     peer.serve_when_finished = True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while loop.time() < deadline and peer.neighbours and not stop.is_set():
+    # neighbours that stopped sending models for a few gossip periods are finished too
+    quiet = 3 * (peer.config.min_round_seconds or 1.0) + peer.config.merge_timeout
+    since = loop.time()
+    left = "linger time over"
+    while loop.time() < deadline and not stop.is_set():
+        if not peer.neighbours:
+            left = "no neighbour left"
+            break
+        if loop.time() - max(since, peer.last_request_at or since) > quiet:
+            left = f"no neighbour sent a model for {quiet:.0f} s (they are finished too)"
+            break
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
                 await stop.wait()
-    left = "no neighbour left" if not peer.neighbours else "linger time over"
     print(f"leaving: {left}", flush=True)
 
 

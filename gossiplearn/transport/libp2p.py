@@ -729,6 +729,10 @@ class Libp2pTransport:
         try:
             with trio.fail_after(self.send_timeout):
                 header = await _header(payload, self.max_frame_bytes)
+                network = host.get_network()
+                unblock = getattr(network, "unblock_peer", None)
+                if unblock is not None and not network.get_connections(peer_id):
+                    unblock(peer_id)  # our own backoff decides when to retry a peer
                 with trio.fail_after(self.open_timeout) as opening:
                     await _await_inbound_connection(host, peer_id)
                     stream = await host.new_stream(peer_id, [TProtocol(protocol)])
@@ -743,6 +747,13 @@ class Libp2pTransport:
                     await _reset(stream)
         except trio.TooSlowError:
             if opening is not None and opening.cancelled_caught:  # the peer never answered
+                # A connection that cannot open a stream is dead or stuck behind TCP's
+                # retransmission backoff (a partition): close it, so that the next try
+                # dials afresh and traffic resumes as soon as the network heals.
+                with trio.move_on_after(_ANSWER_TIMEOUT) as closing:
+                    closing.shield = True
+                    with contextlib.suppress(Exception):
+                        await host.get_network().close_peer(peer_id)
                 raise TransportError(
                     f"cannot open a stream to {peer} within {self.open_timeout} s: "
                     f"{_explain(TimeoutError())}"
