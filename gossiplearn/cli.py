@@ -107,7 +107,8 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--min-round-seconds",
         type=float,
-        help="real peers: a round lasts at least this long (a gossip period; default none)",
+        help="real peers: a round lasts at least this long (a gossip period; default 2 for "
+        "peer, none for launch)",
     )
     add("--max-message-mb", type=float, help="largest model message accepted (default 64)")
     add("--threads", type=int, help="torch CPU threads per process (default 1)")
@@ -369,7 +370,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 _PEER_ONLY = {"listen", "bootstrap", "identity", "state_dir", "out", "partition_index",
               "log_level", "log_format", "metrics_port", "metrics_address", "dataset",
               "data_dir", "partition", "model", "shared_init", "threads", "handler",
-              "command"}  # fmt: skip
+              "command", "announce", "linger"}  # fmt: skip
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
@@ -386,7 +387,13 @@ def cmd_peer(args: argparse.Namespace) -> int:
     if args.index is not None:
         raise ConfigError("--index picks a role of a scenario: give --scenario FILE too")
     values = _flag_values(args, _PEER_ONLY | _SCENARIO_ROLE)
+    # A real network: a gossip period, and time for peers started by hand to join.
+    for name, default in PEER_DEFAULTS.items():
+        values.setdefault(name, default)
     config = validated(PeerConfig, "options", values)
+    if args.linger < 0:
+        raise ConfigError(f"--linger must be >= 0 seconds, got {args.linger}")
+    announce = _announce_addresses(args.announce)
     index, total = parse_partition_index(args.partition_index)
     options = PeerOptions(
         config=config,
@@ -399,8 +406,28 @@ def cmd_peer(args: argparse.Namespace) -> int:
         model=args.model or "mlp",
         shared_init=bool(args.shared_init),
         threads=args.threads or 1,
+        announce=announce,
+        linger=args.linger,
     )
     return asyncio.run(run_peer(options))
+
+
+#: Defaults of ``gossiplearn peer`` (without --scenario) that differ from PeerConfig's,
+#: which suit embedding and tests: on real machines a round lasts at least 2 s (a gossip
+#: period: peers run in step and traffic stays bounded), and the first peer waits 60 s for
+#: others started by hand.
+PEER_DEFAULTS = {"min_round_seconds": 2.0, "start_timeout": 60.0}
+#: Seconds a finished ``gossiplearn peer`` stays online, serving its final model.
+PEER_LINGER = 60.0
+
+
+def _announce_addresses(addresses: list[str]) -> list[str]:
+    """--announce values, checked: exit 2 naming the flag if one is not a multiaddr."""
+    if not addresses:
+        return []
+    from gossiplearn.transport.libp2p import check_announce
+
+    return [check_announce(address) for address in addresses]
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -475,6 +502,7 @@ def _scenario_role(args: argparse.Namespace) -> Any:
         timeline=own_steps(config, args.index, attackers),
         roster=read_roster(args.roster),
         clock_origin=args.clock_origin if args.clock_origin is not None else time.time(),
+        announce=_announce_addresses(args.announce),
     )
 
 
@@ -526,7 +554,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--neighbours", type=int, help="neighbours to keep (default 8)")
     add("--exchange-interval", type=float, help="seconds between peer exchanges (default 2)")
     add("--min-neighbours", type=int, help="neighbours to wait for before round 1 (default 1)")
-    add("--start-timeout", type=float, help="seconds to wait for them at most (default 10)")
+    add("--start-timeout", type=float, help="seconds to wait for them at most (default 60)")
+    add(
+        "--announce",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="an address others should dial (repeatable), printed and passed on in peer "
+        "exchange instead of the listening ones, e.g. /ip4/203.0.113.7/tcp/4001 (behind "
+        "NAT: the public address with a forwarded port)",
+    )
+    add(
+        "--linger",
+        type=float,
+        default=PEER_LINGER,
+        metavar="SECONDS",
+        help="after the last round, stay online serving the final model to neighbours "
+        f"still training, this long at most (default {PEER_LINGER:.0f}; 0: leave at once)",
+    )
     add(
         "--inbound-mb-per-second",
         type=float,

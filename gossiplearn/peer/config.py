@@ -29,6 +29,9 @@ class PeerConfig(LearningConfig):
     start_timeout: float = Field(10.0, ge=0)
     exchange_interval: float = Field(2.0, gt=0)
     send_timeout: float = Field(30.0, gt=0)
+    #: Seconds to open a stream to a peer (dialling first if needed): one that does not
+    #: answer within it is unreachable, skipped and probed with backoff, not waited for.
+    open_timeout: float = Field(3.0, gt=0)
     #: Payload one neighbour may push per second, on average (bursts of two seconds'
     #: worth); more is refused before it is buffered.
     inbound_mb_per_second: float = Field(32.0, gt=0)

@@ -46,6 +46,7 @@ from gossiplearn.peer.discovery import (
     encode_exchange,
 )
 from gossiplearn.peer.quarantine import Quarantine
+from gossiplearn.peer.reachability import Reachability
 from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
@@ -134,6 +135,7 @@ class Peer:
         bootstrap: Sequence[str] = (),
         identity: Path | None = None,
         state_dir: Path | None = None,
+        announce: Sequence[str] = (),
         sybil_transports: Sequence[Transport] | None = None,
     ) -> None:
         self.config = config or PeerConfig()
@@ -142,9 +144,12 @@ class Peer:
         if sybil_transports is None:  # on libp2p: fresh keys, listening where the peer does
             sybils = self.config.sybils - 1 if transport is None else 0
             sybil_transports = [
-                _libp2p_transport(listen, None, max_frame, rate) for _ in range(sybils)
+                _libp2p_transport(listen, None, max_frame, rate, (), self.config.open_timeout)
+                for _ in range(sybils)
             ]
-        self.transport = transport or _libp2p_transport(listen, identity, max_frame, rate)
+        self.transport = transport or _libp2p_transport(
+            listen, identity, max_frame, rate, announce, self.config.open_timeout
+        )
         #: An attacker's other identities (``config.sybils``): they send what it sends.
         self.sybils = SybilIdentities(sybil_transports, self.config.send_timeout)
         self.bootstrap = list(bootstrap)
@@ -199,6 +204,20 @@ class Peer:
         self._attacking = True
         #: Peers cut off by a scenario's partition: messages to and from them are lost.
         self.blocked: set[str] = set()
+        #: Peers whose last send failed: skipped (not waited for) and probed with backoff.
+        self.reach = Reachability()
+        #: Sends skipped because their peer was unreachable.
+        self.skipped_sends = 0
+        #: Once finished, answer each model a neighbour sends with the final model (set
+        #: by a peer that stays online after its last round: ``gossiplearn peer --linger``).
+        self.serve_when_finished = False
+        self._served_round: dict[str, int] = {}
+        self._served_at: dict[str, float] = {}
+        #: When a neighbour still training last sent us a model after we finished.
+        self.last_request_at: float | None = None
+        #: Where the last round's time went (seconds): training, pacing, waiting to merge.
+        self._round_timing: dict[str, float] = {}
+        self._trained_at: float | None = None
 
     # ---- public API -------------------------------------------------------------------
 
@@ -371,6 +390,9 @@ class Peer:
     def _dispatch(self, event: Event | AnyEvent) -> None:
         if not self._running or self.core is None:
             return
+        if self._final_round is not None and isinstance(event, MessageReceived):
+            self._serve_final(event)
+            return
         loop = asyncio.get_running_loop()
         effects: list[Effect] | list[AnyEffect]
         if isinstance(self.core, ModestCore):
@@ -396,7 +418,11 @@ class Peer:
                     self.bounds.update(params)
                 if merged:
                     self._emit("merged", {"round": round_, "models": merged})
-                self._spawn(self._round_done(round_, params))
+                timing = dict(self._round_timing)
+                if self._trained_at is not None:
+                    timing["wait_s"] = round(loop.time() - self._trained_at, 3)
+                self._round_timing, self._trained_at = {}, None
+                self._spawn(self._round_done(round_, params, timing))
             case Finished():
                 self._final_round = self._core_round()
             case Log(text=text, level=level):
@@ -416,15 +442,23 @@ class Peer:
         self._dispatch(Start())
 
     async def _train(self, params: dict[str, Any], steps: int, token: int) -> None:
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         trained = await asyncio.to_thread(self.learner.train, params, steps)
+        timing = {"train_s": round(loop.time() - started, 3)}
         pace = self.config.min_round_seconds  # a gossip period: bounds rounds per second
         if pace is not None:
-            await asyncio.sleep(max(0.0, started + pace - asyncio.get_running_loop().time()))
+            pause = max(0.0, started + pace - loop.time())
+            timing["pace_s"] = round(pause, 3)
+            await asyncio.sleep(pause)
+        self._round_timing, self._trained_at = timing, loop.time()
         self._dispatch(TrainingDone(trained, token))
 
-    async def _round_done(self, round_: int, params: dict[str, Any]) -> None:
+    async def _round_done(
+        self, round_: int, params: dict[str, Any], timing: dict[str, float] | None = None
+    ) -> None:
         info: dict[str, Any] = {"round": round_, "neighbours": len(self.neighbours)}
+        info |= timing or {}
         async with self._round_lock:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
                 self.accuracy = await asyncio.to_thread(self.evaluator.accuracy, params)
@@ -465,6 +499,9 @@ class Peer:
     async def _send(self, peer: str, message: Message) -> None:
         if peer in self.blocked:
             return
+        if self.reach.skip(peer, asyncio.get_running_loop().time()):
+            self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
+            return
         payload = await asyncio.to_thread(encode, message)
         if self.sybils.transports and self._attacking and self.book is not None:
             self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
@@ -476,13 +513,94 @@ class Peer:
             log.info("%s refused %s: %s", peer, type(message).__name__, error)
             return
         except (TransportError, TimeoutError) as error:
-            log.warning("sending %s to %s failed: %s", type(message).__name__, peer, error)
-            self._drop_neighbour(peer)
+            self._unreachable(peer, f"sending {type(message).__name__}", error)
             return
+        self._reachable(peer)
         self.traffic["bytes_out"] += len(payload)
         self.traffic["messages_out"] += 1
         seconds = asyncio.get_running_loop().time() - started
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
+
+    def _unreachable(self, peer: str, what: str, error: BaseException) -> None:
+        """A send to ``peer`` failed: stop waiting for it (it leaves the neighbours), skip
+        sends to it, and probe it with backoff; one log line when it goes."""
+        now = asyncio.get_running_loop().time()
+        if self.reach.failed(peer, now):
+            text = str(error) or f"no answer within {self.config.send_timeout:.0f} s"
+            log.warning(
+                "%s unreachable (%s failed: %s); not waiting for its models, retrying it "
+                "every %.0f s at most",
+                peer, what, text, self.reach.cap,
+            )  # fmt: skip
+            self._spawn(self._probe(peer))
+        else:
+            log.debug("%s still unreachable (%s failed: %s)", peer, what, error)
+        self._drop_neighbour(peer)
+
+    def _reachable(self, peer: str) -> None:
+        """``peer`` took a message or sent a valid one: if it was unreachable, it is back."""
+        seconds = self.reach.reached(peer, asyncio.get_running_loop().time())
+        if seconds is not None:
+            log.warning("%s is reachable again (after %.1f s)", peer, seconds)
+            self._add_neighbour(peer)
+
+    async def _probe(self, peer: str) -> None:
+        """Retry an unreachable peer with backoff until it answers or we give up: with our
+        model (gossip: so it takes us back as a neighbour too) or our address."""
+        loop = asyncio.get_running_loop()
+        while self._running and self.reach.unreachable(peer):
+            await asyncio.sleep(self.reach.delay(peer))
+            if not self.reach.unreachable(peer):
+                return  # reached meanwhile (it sent us a model)
+            if self.reach.expired(peer, loop.time()):
+                log.warning("giving up on %s: unreachable for %.0f s", peer, self.reach.give_up)
+                self.reach.forget(peer)
+                if self.book is not None:
+                    self.book.failed(peer)
+                return
+            if peer in self.blocked:
+                continue
+            protocol, payload = await self._probe_payload()
+            try:
+                async with asyncio.timeout(self.config.send_timeout):
+                    await self.transport.send(peer, protocol, payload)
+            except ReceiverBusy:
+                pass  # alive: it answered
+            except (TransportError, TimeoutError) as error:
+                self.reach.failed(peer, loop.time())
+                log.debug("probe of %s failed: %s", peer, error)
+                continue
+            self._reachable(peer)
+
+    async def _probe_payload(self) -> tuple[str, bytes]:
+        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
+        if isinstance(core, GossipCore) and self._final_round is None:
+            message = ModelMessage(core.round, core.params, core.config.samples)
+            return MODEL_PROTOCOL, await asyncio.to_thread(encode, message)
+        return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
+
+    def _serve_final(self, event: MessageReceived[Any]) -> None:
+        """Finished: answer a neighbour's model with the final one, so that it does not
+        wait for us (each answer carries a round newer than the last it got from us)."""
+        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
+        message = event.message
+        if not self.serve_when_finished or not isinstance(core, GossipCore):
+            return
+        if not isinstance(message, ModelMessage) or event.sender not in self.neighbours:
+            return
+        now = asyncio.get_running_loop().time()
+        last = self._served_round.get(event.sender, core.round)
+        if message.round == last and event.sender in self._served_round:
+            return  # the echo of our own answer by a finished peer: no ping-pong
+        self.last_request_at = now
+        # At most one answer per gossip period and sender.
+        if now < self._served_at.get(event.sender, 0.0) + (self.config.min_round_seconds or 1.0):
+            return
+        round_ = max(message.round, last + 1)  # newer than what it has: not a replay
+        self._served_round[event.sender] = round_
+        self._served_at[event.sender] = now
+        reply = ModelMessage(round_, core.params, core.config.samples)
+        self._spawn(self._send(event.sender, reply))
 
     async def _on_model_bytes(self, sender: str, payload: bytes) -> None:
         if sender in self.blocked:
@@ -535,6 +653,7 @@ class Peer:
 
     async def _on_goodbye(self, sender: str, payload: bytes) -> None:
         log.info("%s is leaving", sender)
+        self.reach.forget(sender)
         self._drop_neighbour(sender)
         if self.book is not None:
             self.book.forget(sender)
@@ -585,12 +704,17 @@ class Peer:
             self._dial_more()
 
     async def _send_exchange(self, peer: str, payload: bytes) -> None:
+        if self.reach.skip(peer, asyncio.get_running_loop().time()):
+            return
         try:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, PEER_EXCHANGE_PROTOCOL, payload)
+        except ReceiverBusy:
+            return
         except (TransportError, TimeoutError) as error:
-            log.info("peer exchange with %s failed: %s", peer, error)
-            self._drop_neighbour(peer)
+            self._unreachable(peer, "peer exchange", error)
+            return
+        self._reachable(peer)
 
     @property
     def _probation(self) -> bool:
@@ -665,6 +789,7 @@ class Peer:
         """``peer`` sent a valid message: count it, and make it a neighbour, in place of
         the least useful silent one if the neighbour set is full."""
         round_ = self._core_round()
+        self._reachable(peer)
         self.usefulness.model_from(peer, round_)
         if self.book is not None:
             self.book.useful(peer)
@@ -680,6 +805,8 @@ class Peer:
 
     def _add_neighbour(self, peer: str) -> None:
         if peer in self.neighbours or len(self.neighbours) >= self.config.neighbours:
+            return
+        if self.reach.unreachable(peer):  # back once it takes or sends a message
             return
         if self.quarantine.holds(peer, asyncio.get_running_loop().time()):
             return
@@ -739,13 +866,20 @@ def _clone(model: nn.Module) -> nn.Module:
 
 
 def _libp2p_transport(
-    listen: str, identity: Path | None, max_frame_bytes: int, bytes_per_second: float
+    listen: str,
+    identity: Path | None,
+    max_frame_bytes: int,
+    bytes_per_second: float,
+    announce: Sequence[str] = (),
+    open_timeout: float = 5.0,
 ) -> Transport:
     from gossiplearn.transport.libp2p import Libp2pTransport  # heavy: imported on demand
 
     return Libp2pTransport(
         identity,
         listen=listen,
+        announce=announce,
+        open_timeout=open_timeout,
         max_frame_bytes=max_frame_bytes,
         max_bytes_per_peer_per_second=bytes_per_second,
     )

@@ -8,6 +8,7 @@ Prints its full multiaddr first (others bootstrap from it), then one line per ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -57,6 +58,11 @@ class PeerOptions:
     timeline: list[Step] = field(default_factory=list)
     roster: list[str] = field(default_factory=list)
     clock_origin: float = field(default_factory=time.time)
+    #: Addresses others should dial (printed, and passed on in peer exchange).
+    announce: list[str] = field(default_factory=list)
+    #: After the last round, stay online this many seconds at most, answering neighbours'
+    #: models with the final one (ends early once no neighbour is left).
+    linger: float = 0.0
 
 
 def parse_partition_index(text: str) -> tuple[int, int]:
@@ -97,6 +103,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         bootstrap=options.bootstrap,
         identity=options.identity,
         state_dir=options.state_dir,
+        announce=options.announce,
     )
 
 
@@ -154,6 +161,8 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
                 task.cancel()
             if finished.done() and not finished.cancelled():
                 finished.exception()  # a failure is raised below, after the summary
+                if peer.failure is None and not stop.is_set():
+                    await _linger(peer, options.linger, stop)
             if follower is not None:
                 clock.cancel()
             status = peer.status()
@@ -178,6 +187,38 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
     if peer.failure is not None:
         raise peer.failure  # after the summary: the CLI exits 1 with its message
     return 0
+
+
+async def _linger(peer: Peer, seconds: float, stop: asyncio.Event) -> None:
+    """Stay online after the last round, serving the final model to neighbours still
+    training, for ``seconds`` at most; leave early once no neighbour is left or on a signal."""
+    if seconds <= 0 or not peer.neighbours:
+        return
+    status = peer.status()
+    print(
+        f"finished round {status.round}; still serving the final model to "
+        f"{len(peer.neighbours)} neighbours for up to {seconds:.0f} s (--linger; Ctrl-C "
+        "to leave now)",
+        flush=True,
+    )
+    peer.serve_when_finished = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    # neighbours that stopped sending models for a few gossip periods are finished too
+    quiet = 3 * (peer.config.min_round_seconds or 1.0) + peer.config.merge_timeout
+    since = loop.time()
+    left = "linger time over"
+    while loop.time() < deadline and not stop.is_set():
+        if not peer.neighbours:
+            left = "no neighbour left"
+            break
+        if loop.time() - max(since, peer.last_request_at or since) > quiet:
+            left = f"no neighbour sent a model for {quiet:.0f} s (they are finished too)"
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
+                await stop.wait()
+    print(f"leaving: {left}", flush=True)
 
 
 def _serve_metrics(peer: Peer, port: int, address: str) -> None:

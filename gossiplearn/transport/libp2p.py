@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from gossiplearn.errors import ConfigError
 from gossiplearn.protocols.signing import CallableSigner
+from gossiplearn.transport._dial_errors import classify
 from gossiplearn.transport._handlers import HandlerTasks
 from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
 from gossiplearn.transport.framing import (
@@ -84,7 +86,13 @@ from gossiplearn.transport.limits import (
     InboundLimits,
 )
 
-__all__ = ["Libp2pTransport", "generate_identity", "load_identity", "peer_id_of"]
+__all__ = [
+    "Libp2pTransport",
+    "check_announce",
+    "generate_identity",
+    "load_identity",
+    "peer_id_of",
+]
 
 log = logging.getLogger("gossiplearn.transport")
 
@@ -264,9 +272,13 @@ class Libp2pTransport:
 
     ``identity`` is a key file from :func:`generate_identity` (same file, same peer id);
     without it (and without ``key_pair``) the peer gets a fresh random identity.
-    ``listen`` is one multiaddr or several. Sizes are bytes, timeouts seconds:
-    ``connect_timeout`` bounds a dial, ``send_timeout`` one whole send (stream opening,
-    payload, acknowledgement), ``read_timeout`` each read of an inbound stream.
+    ``listen`` is one multiaddr or several; ``announce`` the addresses others should
+    dial (behind NAT or in a cloud, the public ones): given, :attr:`addresses` lists them
+    instead of the listening ones (each gets ``/p2p/<peer id>``). Sizes are bytes, timeouts
+    seconds: ``connect_timeout`` bounds a dial, ``open_timeout`` the opening of a stream
+    (dialling first if there is no connection), so that an unreachable peer fails fast;
+    ``send_timeout`` one whole send (stream opening, payload, acknowledgement);
+    ``read_timeout`` each read of an inbound stream.
 
     Inbound resource limits: at most ``max_inbound_streams`` frames are read at once, at
     most ``max_reading_per_peer`` of them from one peer (others wait, holding no more than
@@ -297,6 +309,8 @@ class Libp2pTransport:
         *,
         key_pair: KeyPair | None = None,
         listen: str | Sequence[str] = DEFAULT_LISTEN,
+        announce: Sequence[str] = (),
+        open_timeout: float = 5.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: float = 10.0,
         send_timeout: float = 120.0,
@@ -315,6 +329,7 @@ class Libp2pTransport:
             raise ConfigError("give either an identity file or a key_pair, not both")
         for name, value in (
             ("connect_timeout", connect_timeout),
+            ("open_timeout", open_timeout),
             ("send_timeout", send_timeout),
             ("read_timeout", read_timeout),
         ):
@@ -327,6 +342,9 @@ class Libp2pTransport:
         self._key_pair = key_pair or create_new_key_pair()
         self._peer_id = peer_id_of(self._key_pair)
         self._listen = _tcp_addresses([listen] if isinstance(listen, str) else list(listen))
+        suffix = f"/p2p/{self._peer_id}"
+        self._announce = [_with_suffix(check_announce(a), suffix) for a in announce]
+        self.open_timeout = open_timeout
         self.max_frame_bytes = max_frame_bytes
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
@@ -383,8 +401,10 @@ class Libp2pTransport:
 
     @property
     def addresses(self) -> list[str]:
-        """Listening multiaddrs, each ending in ``/p2p/<peer id>`` (empty until started)."""
-        return list(self._addresses)
+        """The addresses others should dial, each ending in ``/p2p/<peer id>``: the
+        ``announce`` addresses if given, else the listening ones, wildcards expanded to
+        this machine's usable addresses (empty until started)."""
+        return list(self._announce or self._addresses)
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
         """Deliver inbound messages on ``protocol`` to ``handler``."""
@@ -421,6 +441,14 @@ class Libp2pTransport:
             raise
         self._running = True
         log.info("libp2p transport %s listening on %s", self._peer_id, ", ".join(self._addresses))
+        if self._announce:
+            log.info("announcing %s", ", ".join(self._announce))
+        elif not self._addresses:
+            log.warning(
+                "listening on %s, but this machine has no address others can dial there "
+                "(only link-local or none); give --announce with a reachable address",
+                self._listen_text(),
+            )
 
     async def stop(self) -> None:
         """Close every connection, end the trio thread, cancel running handlers; idempotent."""
@@ -682,10 +710,11 @@ class Libp2pTransport:
                 await host.connect(info)
         except trio.TooSlowError:
             raise TransportError(
-                f"connecting to {address} timed out after {self.connect_timeout} s"
+                f"cannot connect to {address}: timed out after {self.connect_timeout} s: "
+                f"{_explain(TimeoutError())}"
             ) from None
         except Exception as error:
-            raise TransportError(f"cannot connect to {address}: {_describe(error)}") from error
+            raise TransportError(f"cannot connect to {address}: {_explain(error)}") from error
         host.get_peerstore().add_addrs(info.peer_id, info.addrs, 0)  # 0: keep them
         return info.peer_id.to_base58()
 
@@ -696,11 +725,17 @@ class Libp2pTransport:
             raise TransportError(f"invalid peer id {peer!r}") from None
         host = self._host
         assert host is not None
+        opening: trio.CancelScope | None = None
         try:
             with trio.fail_after(self.send_timeout):
                 header = await _header(payload, self.max_frame_bytes)
-                await _await_inbound_connection(host, peer_id)
-                stream = await host.new_stream(peer_id, [TProtocol(protocol)])
+                network = host.get_network()
+                unblock = getattr(network, "unblock_peer", None)
+                if unblock is not None and not network.get_connections(peer_id):
+                    unblock(peer_id)  # our own backoff decides when to retry a peer
+                with trio.fail_after(self.open_timeout) as opening:
+                    await _await_inbound_connection(host, peer_id)
+                    stream = await host.new_stream(peer_id, [TProtocol(protocol)])
                 try:
                     status = await _exchange(stream, header, payload, self.read_timeout)
                 except BaseException:
@@ -711,13 +746,25 @@ class Libp2pTransport:
                 else:
                     await _reset(stream)
         except trio.TooSlowError:
+            if opening is not None and opening.cancelled_caught:  # the peer never answered
+                # A connection that cannot open a stream is dead or stuck behind TCP's
+                # retransmission backoff (a partition): close it, so that the next try
+                # dials afresh and traffic resumes as soon as the network heals.
+                with trio.move_on_after(_ANSWER_TIMEOUT) as closing:
+                    closing.shield = True
+                    with contextlib.suppress(Exception):
+                        await host.get_network().close_peer(peer_id)
+                raise TransportError(
+                    f"cannot open a stream to {peer} within {self.open_timeout} s: "
+                    f"{_explain(TimeoutError())}"
+                ) from None
             raise TransportError(
                 f"sending to {peer} timed out after {self.send_timeout} s"
             ) from None
         except TransportError:
             raise
         except Exception as error:
-            raise TransportError(f"sending to {peer} failed: {_describe(error)}") from error
+            raise TransportError(f"sending to {peer} failed: {_explain(error)}") from error
         if status is Status.BUSY:
             raise ReceiverBusy(f"{peer} {status.describe()}")
         if status is not Status.OK:
@@ -971,9 +1018,58 @@ class _Yamux(Yamux):
                     return
 
 
+def check_announce(address: str) -> str:
+    """``address`` if it is a multiaddr others can dial (``/ip4|ip6|dns*/HOST/tcp/PORT``,
+    optionally ending in ``/p2p/<peer id>``); ConfigError naming ``--announce`` if not."""
+    try:
+        value = multiaddr.Multiaddr(address)
+        names = [protocol.name for protocol in value.protocols()]
+    except Exception as error:
+        raise ConfigError(
+            f"--announce {address!r} is not a multiaddr ({error}); "
+            "expected e.g. /ip4/203.0.113.7/tcp/4001 or /dns4/peer.example.org/tcp/4001"
+        ) from None
+    if names[-1:] == ["p2p"]:
+        names = names[:-1]
+    if len(names) != 2 or names[0] not in _HOST_PROTOCOLS or names[1] != "tcp":
+        raise ConfigError(
+            f"--announce {address!r}: give a TCP address others can dial, e.g. "
+            "/ip4/203.0.113.7/tcp/4001 or /dns4/peer.example.org/tcp/4001"
+        )
+    host_part = value.value_for_protocol(value.protocols()[0].code)
+    if host_part in ("0.0.0.0", "::"):
+        raise ConfigError(f"--announce {address!r}: a wildcard address cannot be dialled")
+    return address
+
+
+def _with_suffix(address: str, suffix: str) -> str:
+    if "/p2p/" in address:
+        if not address.endswith(suffix):
+            raise ConfigError(f"--announce {address!r} names another peer id than this peer's")
+        return address
+    return address.rstrip("/") + suffix
+
+
+def _usable(address: multiaddr.Multiaddr) -> bool:
+    """False for an address no other machine can dial: link-local IPv6 (it needs a zone),
+    or an unexpanded wildcard."""
+    host_part = address.value_for_protocol(address.protocols()[0].code)
+    try:
+        ip = ipaddress.ip_address(host_part.split("%")[0])
+    except ValueError:
+        return True  # a DNS name
+    return not (ip.is_unspecified or (ip.version == 6 and ip.is_link_local))
+
+
+def _explain(error: BaseException) -> str:
+    failure = classify(error)
+    return failure.text() if failure is not None else _describe(error)
+
+
 def _advertised(host: IHost) -> list[str]:
     """Dialable addresses of ``host``: wildcard listens (0.0.0.0, ::) are expanded to the
-    machine's interface addresses; IPv4 first; each ends in /p2p/<peer id>."""
+    machine's interface addresses, leaving out link-local IPv6 ones and the wildcard itself
+    (usable addresses only, loopback last); IPv4 first; each ends in /p2p/<peer id>."""
     suffix = f"/p2p/{host.get_id().to_base58()}"
     addresses: list[str] = []
     listening = sorted(host.get_transport_addrs(), key=lambda a: a.protocols()[0].name != "ip4")
@@ -981,12 +1077,21 @@ def _advertised(host: IHost) -> list[str]:
         host_part = address.value_for_protocol(address.protocols()[0].code)
         expanded = [address]
         if host_part in ("0.0.0.0", "::"):
-            expanded = expand_wildcard_address(address)
+            expanded = [a for a in expand_wildcard_address(address) if _usable(a)]
+            expanded.sort(key=_is_loopback)
         for concrete in expanded:
             text = str(concrete) + suffix
             if text not in addresses:
                 addresses.append(text)
     return addresses
+
+
+def _is_loopback(address: multiaddr.Multiaddr) -> bool:
+    host_part = address.value_for_protocol(address.protocols()[0].code)
+    try:
+        return ipaddress.ip_address(host_part.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _disable_auto_dial(host: IHost) -> None:

@@ -1,0 +1,72 @@
+"""Which peers failed to take our messages lately, and when to try them again.
+
+How it works: after a failed send a peer is *unreachable*: sends to it are skipped (they
+would each wait for a timeout) and it is probed again after a delay that doubles from
+``first`` up to ``cap`` seconds. A successful send, or a valid message from the peer,
+makes it reachable again. After ``give_up`` seconds without success it is forgotten (the
+caller stops probing). Each transition is reported once, so a caller logs one line when a
+peer goes and one when it is back, not a line per attempt.
+
+Invariants: no I/O, no clock of its own (``now`` is passed in); one entry per peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class _Down:
+    since: float
+    retry_at: float
+    delay: float
+    failures: int = 1
+
+
+class Reachability:
+    """Per-peer backoff after failed sends."""
+
+    def __init__(self, first: float = 1.0, cap: float = 4.0, give_up: float = 300.0) -> None:
+        self.first, self.cap, self.give_up = first, cap, give_up
+        self._down: dict[str, _Down] = {}
+
+    def failed(self, peer: str, now: float) -> bool:
+        """A send to ``peer`` failed; True if it was reachable until now."""
+        down = self._down.get(peer)
+        if down is None:
+            self._down[peer] = _Down(now, now + self.first, self.first)
+            return True
+        down.failures += 1
+        down.delay = min(down.delay * 2, self.cap)
+        down.retry_at = now + down.delay
+        return False
+
+    def skip(self, peer: str, now: float) -> bool:
+        """True while ``peer`` is unreachable and not due for another try."""
+        down = self._down.get(peer)
+        return down is not None and now < down.retry_at
+
+    def delay(self, peer: str) -> float:
+        """Seconds until the next try of an unreachable peer (0 if reachable)."""
+        down = self._down.get(peer)
+        return 0.0 if down is None else down.delay
+
+    def unreachable(self, peer: str) -> bool:
+        return peer in self._down
+
+    def expired(self, peer: str, now: float) -> bool:
+        """True if ``peer`` has been unreachable for longer than ``give_up``."""
+        down = self._down.get(peer)
+        return down is not None and now - down.since > self.give_up
+
+    def reached(self, peer: str, now: float) -> float | None:
+        """``peer`` took a message (or sent one): seconds it was unreachable, or None if
+        it was not."""
+        down = self._down.pop(peer, None)
+        return None if down is None else now - down.since
+
+    def forget(self, peer: str) -> None:
+        self._down.pop(peer, None)
+
+    def __len__(self) -> int:
+        return len(self._down)
