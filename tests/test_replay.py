@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from gossiplearn.protocols.events import MessageReceived, RoundDone, Start, TrainingDone
-from gossiplearn.protocols.gossip import MAX_TRACKED_SENDERS, GossipConfig, GossipCore
+from gossiplearn.protocols.gossip import GossipConfig, GossipCore
 from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.protocols.modest import ModestConfig, ModestCore
 from gossiplearn.protocols.modest_messages import Activity, ModelKind, ModestModel
+from gossiplearn.protocols.rounds import MAX_TRACKED_SENDERS
 from gossiplearn.types import Params
 
 
