@@ -21,7 +21,7 @@ of :mod:`~gossiplearn.protocols.rounds`; :class:`BristlePolicy` is Bristle's par
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,9 +35,9 @@ from gossiplearn.aggregation.bristle import (
     integrate,
     prioritise,
 )
-from gossiplearn.protocols.events import Effect, Event, Send
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
-from gossiplearn.protocols.rounds import RoundLoop, push_model
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 
@@ -183,10 +183,8 @@ class BristlePolicy:
         self.pending.discard(peer)
 
 
-class BristleCore:
+class BristleCore(LoopState[ModelMessage]):
     """Sans-I/O Bristle for one peer."""
-
-    reports_rounds = True
 
     def __init__(
         self,
@@ -204,9 +202,6 @@ class BristleCore:
         self.policy = BristlePolicy(config, validation, rng)
         self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
 
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        return self.loop.handle(now, event)
-
     def keep_familiar(self, before: Params, trained: Params) -> Params:
         """``trained`` with every foreign class's column put back as it was ``before``."""
         return self.policy.keep_familiar(before, trained)
@@ -218,26 +213,6 @@ class BristleCore:
     @property
     def neighbours(self) -> list[PeerId]:
         return self.loop.neighbours
-
-    @property
-    def params(self) -> Params:
-        return self.loop.params
-
-    @property
-    def round(self) -> int:
-        return self.loop.round
-
-    @property
-    def finished(self) -> bool:
-        return self.loop.finished
-
-    @property
-    def waiting(self) -> bool:
-        return self.loop.waiting
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.loop.rejected
 
     @property
     def recent(self) -> OrderedDict[PeerId, Params]:

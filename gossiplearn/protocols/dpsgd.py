@@ -16,7 +16,7 @@ rounds themselves (timer, replay check, reporting) are the loop of
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,9 +24,9 @@ import networkx as nx
 import numpy as np
 
 from gossiplearn.aggregation._tensors import is_local_statistic
-from gossiplearn.protocols.events import Effect, Event, Send
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
-from gossiplearn.protocols.rounds import RoundLoop, push_model
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 
@@ -113,10 +113,8 @@ class DPSGDPolicy:
         del self.weights[peer]
 
 
-class DPSGDCore:
+class DPSGDCore(LoopState[ModelMessage]):
     """Sans-I/O D-PSGD for one peer."""
-
-    reports_rounds = True
 
     def __init__(
         self, config: DPSGDConfig, weights: Mapping[PeerId, float], params: Params
@@ -124,9 +122,6 @@ class DPSGDCore:
         self.config = config
         self.policy = DPSGDPolicy(config, weights)
         self.loop = RoundLoop(config, list(weights), params, self.policy)
-
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        return self.loop.handle(now, event)
 
     @property
     def weights(self) -> dict[PeerId, float]:
@@ -136,23 +131,3 @@ class DPSGDCore:
     @property
     def inbox(self) -> defaultdict[int, dict[PeerId, Params]]:
         return self.policy.inbox
-
-    @property
-    def params(self) -> Params:
-        return self.loop.params
-
-    @property
-    def round(self) -> int:
-        return self.loop.round
-
-    @property
-    def finished(self) -> bool:
-        return self.loop.finished
-
-    @property
-    def waiting(self) -> bool:
-        return self.loop.waiting
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.loop.rejected

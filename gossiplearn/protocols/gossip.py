@@ -20,7 +20,7 @@ loop; :class:`GossipPolicy` is the part that is gossip's own.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from gossiplearn.protocols.events import Effect, Event, Send
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
-from gossiplearn.protocols.rounds import RoundLoop, push_model
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 Merge = Callable[[Params, Sequence[Params]], Params]
@@ -130,10 +130,8 @@ class GossipPolicy:
         pass  # a model it sent before going down still counts
 
 
-class GossipCore:
+class GossipCore(LoopState[ModelMessage]):
     """Sans-I/O gossip learning for one peer."""
-
-    reports_rounds = True
 
     def __init__(
         self,
@@ -151,36 +149,9 @@ class GossipCore:
         self.policy = GossipPolicy(config, len(neighbours), merge, rng, weigh)
         self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
 
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        return self.loop.handle(now, event)
-
     @property
     def neighbours(self) -> list[PeerId]:
         return self.loop.neighbours
-
-    @property
-    def params(self) -> Params:
-        return self.loop.params
-
-    @property
-    def round(self) -> int:
-        return self.loop.round
-
-    @property
-    def finished(self) -> bool:
-        return self.loop.finished
-
-    @property
-    def waiting(self) -> bool:
-        return self.loop.waiting
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.loop.rejected
-
-    @property
-    def last_round_from(self) -> OrderedDict[PeerId, int]:
-        return self.loop.last_round_from
 
     @property
     def merge(self) -> Merge:

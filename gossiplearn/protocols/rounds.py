@@ -261,3 +261,43 @@ class RoundLoop(Generic[Msg]):
             self.phase = Phase.FINISHED
             return [*effects, Finished()]
         return effects + self._train()
+
+
+class LoopState(Generic[Msg]):
+    """What a core that holds a :class:`RoundLoop` in ``self.loop`` shows its drivers:
+    ``handle`` and the loop's state, forwarded (the core owns the loop; this only reads)."""
+
+    reports_rounds = True
+    loop: RoundLoop[Msg]
+
+    def handle(self, now: float, event: LoopEvent[Msg]) -> list[LoopEffect[Msg]]:
+        return self.loop.handle(now, event)
+
+    @property
+    def params(self) -> Params:
+        return self.loop.params
+
+    @property
+    def round(self) -> int:
+        return self.loop.round
+
+    @property
+    def training(self) -> bool:
+        return self.loop.training
+
+    @property
+    def waiting(self) -> bool:
+        return self.loop.waiting
+
+    @property
+    def finished(self) -> bool:
+        return self.loop.finished
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Messages ignored, by reason (read by drivers for their metrics)."""
+        return self.loop.rejected
+
+    @property
+    def last_round_from(self) -> OrderedDict[PeerId, int]:
+        return self.loop.last_round_from

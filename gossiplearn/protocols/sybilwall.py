@@ -45,9 +45,9 @@ import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import flatten, flatten_all, unflatten
 from gossiplearn.aggregation.foolsgold import foolsgold_weights
-from gossiplearn.protocols.events import AnyEffect, AnyEvent, Send
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import Message, ModelMessage
-from gossiplearn.protocols.rounds import RoundLoop
+from gossiplearn.protocols.rounds import LoopState, RoundLoop
 from gossiplearn.protocols.signing import Signer, Verifier, history_statement, params_digest
 from gossiplearn.protocols.sybilwall_messages import MAX_DISTANCE, HistoryRecord
 from gossiplearn.types import Params, PeerId
@@ -297,10 +297,9 @@ class SybilWallPolicy:
         return record.knowing_statement(statement)
 
 
-class SybilWallCore:
+class SybilWallCore(LoopState[Message]):
     """Sans-I/O SybilWall for one peer (``peer_id`` is its own id, to drop its own records)."""
 
-    reports_rounds = True
     accepts_any_message = True
 
     def __init__(
@@ -323,9 +322,6 @@ class SybilWallCore:
         self.policy = SybilWallPolicy(peer_id, config, rng, signer, verifier)
         self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
 
-    def handle(self, now: float, event: AnyEvent) -> list[AnyEffect]:
-        return self.loop.handle(now, event)
-
     def pick_record(self, to: PeerId) -> PeerId | None:
         """Step 2: the record to gossip to ``to``, or None if there is none to send."""
         return self.policy.pick_record(to)
@@ -340,26 +336,6 @@ class SybilWallCore:
     @property
     def neighbours(self) -> list[PeerId]:
         return self.loop.neighbours
-
-    @property
-    def params(self) -> Params:
-        return self.loop.params
-
-    @property
-    def round(self) -> int:
-        return self.loop.round
-
-    @property
-    def finished(self) -> bool:
-        return self.loop.finished
-
-    @property
-    def waiting(self) -> bool:
-        return self.loop.waiting
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.loop.rejected
 
     @property
     def records(self) -> dict[PeerId, Record]:
