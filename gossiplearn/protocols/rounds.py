@@ -11,7 +11,7 @@ How it works (``R`` = ``settings.rounds``; "end the round" is the last row)::
     phase      event                       what the loop does                  next phase
     ---------  --------------------------  ----------------------------------  ----------
     FINISHED   anything                    nothing                             FINISHED
-    IDLE       Start                       StartTraining(params)               TRAINING
+    any        Start (sent once, in IDLE)  StartTraining(params)               TRAINING
     any        TrainingDone(p)             params = policy.trained(p);         WAITING, or
                                            round += 1; policy.pushes;          end the round
                                            ready (or not policy.waits): end
