@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pytest
 
+from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore
 from gossiplearn.protocols.events import MessageReceived, RoundDone, Start, TrainingDone
-from gossiplearn.protocols.gossip import MAX_TRACKED_SENDERS, GossipConfig, GossipCore
+from gossiplearn.protocols.gossip import GossipConfig, GossipCore
 from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.protocols.modest import ModestConfig, ModestCore
 from gossiplearn.protocols.modest_messages import Activity, ModelKind, ModestModel
+from gossiplearn.protocols.rounds import MAX_TRACKED_SENDERS
+from gossiplearn.protocols.sybilwall import SybilWallConfig, SybilWallCore
+from gossiplearn.protocols.sybilwall_messages import HistoryRecord
 from gossiplearn.types import Params
 
 
@@ -58,6 +64,36 @@ def test_gossip_remembers_a_bounded_number_of_senders() -> None:
         core.handle(0.0, MessageReceived(sender, ModelMessage(1, p(0))))
     assert len(core.last_round_from) == MAX_TRACKED_SENDERS
     assert 0 not in core.last_round_from  # the least recent went first
+
+
+def loop_core(protocol: str) -> Any:
+    """A gossip-family core with neighbours 1 and 2, started."""
+    rng = np.random.default_rng(0)
+    if protocol == "gossip":
+        core: Any = gossip([1, 2])[0]
+    elif protocol == "dpsgd":
+        core = DPSGDCore(DPSGDConfig(rounds=10, local_steps=1), {1: 0.25, 2: 0.25}, p(0))
+    else:
+        core = SybilWallCore(0, SybilWallConfig(rounds=10, local_steps=1), [1, 2], p(0), rng)
+    core.handle(0.0, Start())
+    return core
+
+
+@pytest.mark.parametrize("protocol", ["gossip", "dpsgd", "sybilwall"])
+def test_every_round_loop_core_rejects_replays_and_strangers(protocol: str) -> None:
+    core = loop_core(protocol)
+    for sender, round_ in [(1, 2), (1, 2), (1, 1), (2, 1), (99, 5), (1, 3)]:
+        core.handle(0.0, MessageReceived(sender, ModelMessage(round_, p(float(round_)))))
+    assert core.rejected == {"Replay": 2, "NotNeighbour": 1}
+    assert dict(core.last_round_from) == {2: 1, 1: 3}
+
+
+def test_sybilwall_relayed_records_are_not_replays_of_their_sender() -> None:
+    core = loop_core("sybilwall")
+    core.handle(0.0, MessageReceived(1, ModelMessage(4, p(1.0))))
+    for origin, round_ in [(5, 3), (6, 1)]:  # other peers' rounds, older than 1's own
+        core.handle(0.0, MessageReceived(1, HistoryRecord(round_, origin, 1, p(2.0))))
+    assert not core.rejected and {5, 6} <= set(core.records)
 
 
 def test_modest_counts_a_replayed_trained_model_once() -> None:

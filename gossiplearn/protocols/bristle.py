@@ -15,7 +15,8 @@ Invariants: local training never changes a foreign column (the core restores the
 the trainer did); the peer keeps the latest head of at most ``max_models`` neighbours,
 most recent first, and a neighbour that goes down loses its head; models from peers that
 are not neighbours are ignored. After ``rounds`` rounds the core emits :class:`Finished`
-and ignores all input.
+and ignores all input. The rounds themselves (timer, replay check, reporting) are the loop
+of :mod:`~gossiplearn.protocols.rounds`; :class:`BristlePolicy` is Bristle's part.
 """
 
 from __future__ import annotations
@@ -34,22 +35,9 @@ from gossiplearn.aggregation.bristle import (
     integrate,
     prioritise,
 )
-from gossiplearn.protocols.events import (
-    Effect,
-    Event,
-    Finished,
-    MessageReceived,
-    PeerDown,
-    PeerUp,
-    RoundDone,
-    Send,
-    SetTimer,
-    Start,
-    StartTraining,
-    Timer,
-    TrainingDone,
-)
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 
@@ -104,28 +92,23 @@ def pick_validation(
     return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
 
 
-class BristleCore:
-    """Sans-I/O Bristle for one peer."""
+Loop = RoundLoop[ModelMessage]
 
-    reports_rounds = True
+
+class BristlePolicy:
+    """Bristle's part of the round loop: keep the latest head of recent neighbours, wait
+    for one per neighbour, integrate them by F1 on the validation set."""
+
+    waits = True
+    accepts_any_message = False
 
     def __init__(
-        self,
-        config: BristleConfig,
-        neighbours: Sequence[PeerId],
-        params: Params,
-        validation: ValidationSet,
-        rng: np.random.Generator,
-        *,
-        round: int = 0,
+        self, config: BristleConfig, validation: ValidationSet, rng: np.random.Generator
     ) -> None:
         self.config = config
-        self.neighbours = list(neighbours)
-        self.params = params
         self.validation = validation
         self.familiar = validation.familiar
         self.rng = rng
-        self.round = round  # > 0 when joining a running network
         #: Latest head of each neighbour, least recent first.
         self.recent: OrderedDict[PeerId, Params] = OrderedDict()
         #: Neighbours that sent a head since the last merge.
@@ -135,41 +118,23 @@ class BristleCore:
         #: Each sender's share of this round's merged head (the own head has the rest);
         #: empty when the round merged nothing.
         self.merge_shares: dict[PeerId, float] = {}
-        self.training = False
-        self.waiting = False
-        self.finished = False
-        self._timer_token = 0
 
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        if self.finished:
-            return []
-        match event:
-            case Start():
-                return self._train()
-            case TrainingDone(params=params):
-                return self._after_training(params)
-            case MessageReceived(sender=sender, message=message) if sender in self.neighbours:
-                self.on_model(sender, message)
-                if self.waiting and self._complete():
-                    return self._end_round()
-            case Timer(token=token) if self.waiting and token == self._timer_token:
-                return self._end_round()
-            case PeerUp(peer=peer) if peer not in self.neighbours:
-                self.neighbours.append(peer)
-            case PeerDown(peer=peer) if peer in self.neighbours:
-                self.neighbours.remove(peer)
-                self.recent.pop(peer, None)
-                self.pending.discard(peer)
-                if self.waiting and self._complete():
-                    return self._end_round()
-        return []
+    def model_round(self, message: ModelMessage) -> int:
+        return message.round
 
-    def on_model(self, sender: PeerId, message: ModelMessage) -> None:
+    def take(self, loop: Loop, sender: PeerId, message: ModelMessage) -> bool:
         self.recent[sender] = message.params
         self.recent.move_to_end(sender)
         while len(self.recent) > self.config.max_models:
             self.recent.popitem(last=False)
         self.pending.add(sender)
+        return True
+
+    def ready(self, loop: Loop) -> bool:
+        return all(peer in self.pending for peer in loop.neighbours)
+
+    def trained(self, loop: Loop, params: Params) -> Params:
+        return self.keep_familiar(loop.params, params)
 
     def keep_familiar(self, before: Params, trained: Params) -> Params:
         """``trained`` with every foreign class's column put back as it was ``before``."""
@@ -179,46 +144,22 @@ class BristleCore:
         kept[:, self.familiar] = end[:, self.familiar]
         return head_params(kept, trained, w, b)
 
-    # ---- rounds ------------------------------------------------------------------------
+    def pushes(self, loop: Loop) -> list[Send[ModelMessage]]:
+        return push_model(loop, loop.neighbours, self.config.samples)
 
-    def _train(self) -> list[Effect]:
-        self.training = True
-        return [StartTraining(self.params, self.config.local_steps)]
-
-    def _after_training(self, params: Params) -> list[Effect]:
-        self.training = False
-        self.params = self.keep_familiar(self.params, params)
-        self.round += 1
-        message = ModelMessage(self.round, self.params, self.config.samples)
-        effects: list[Effect] = [Send(peer, message) for peer in self.neighbours]
-        if self._complete():
-            return effects + self._end_round()
-        self.waiting = True
-        self._timer_token += 1
-        effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
-        return effects
-
-    def _complete(self) -> bool:
-        return all(peer in self.pending for peer in self.neighbours)
-
-    def _end_round(self) -> list[Effect]:
-        merged = len(self.pending)
+    def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
+        merged, params = len(self.pending), loop.params
         self.merge_shares = {}
         if self.pending and self.recent:
-            self.params = self.merge()
+            params = self.integrate(params)
         self.pending = set()
-        self.waiting = False
-        effects: list[Effect] = [RoundDone(self.round, self.params, merged)]
-        if self.round >= self.config.rounds:
-            self.finished = True
-            return [*effects, Finished()]
-        return effects + self._train()
+        return params, merged
 
-    def merge(self) -> Params:
+    def integrate(self, params: Params) -> Params:
         """Prioritise the recent heads, integrate the chosen ones into the own head."""
         c = self.config
-        own = head_matrix(self.params, c.weight, c.bias)
-        heads = {p: head_matrix(params, c.weight, c.bias) for p, params in self.recent.items()}
+        own = head_matrix(params, c.weight, c.bias)
+        heads = {p: head_matrix(head, c.weight, c.bias) for p, head in self.recent.items()}
         chosen = prioritise(own, heads, self.rng, alpha=c.alpha, candidates=c.candidates)
         result = integrate(
             own,
@@ -232,4 +173,59 @@ class BristleCore:
         result.shares = {p: result.shares.get(p, 0.0) for p in heads}
         self.last_merge = result
         self.merge_shares = result.shares
-        return head_params(result.matrix, self.params, c.weight, c.bias)
+        return head_params(result.matrix, params, c.weight, c.bias)
+
+    def peer_up(self, loop: Loop, peer: PeerId) -> bool:
+        return True
+
+    def peer_down(self, loop: Loop, peer: PeerId) -> None:
+        self.recent.pop(peer, None)
+        self.pending.discard(peer)
+
+
+class BristleCore(LoopState[ModelMessage]):
+    """Sans-I/O Bristle for one peer."""
+
+    def __init__(
+        self,
+        config: BristleConfig,
+        neighbours: Sequence[PeerId],
+        params: Params,
+        validation: ValidationSet,
+        rng: np.random.Generator,
+        *,
+        round: int = 0,
+    ) -> None:
+        self.config = config
+        self.validation = validation
+        self.rng = rng
+        self.policy = BristlePolicy(config, validation, rng)
+        self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
+
+    def keep_familiar(self, before: Params, trained: Params) -> Params:
+        """``trained`` with every foreign class's column put back as it was ``before``."""
+        return self.policy.keep_familiar(before, trained)
+
+    @property
+    def familiar(self) -> list[int]:
+        return self.policy.familiar
+
+    @property
+    def neighbours(self) -> list[PeerId]:
+        return self.loop.neighbours
+
+    @property
+    def recent(self) -> OrderedDict[PeerId, Params]:
+        return self.policy.recent
+
+    @property
+    def pending(self) -> set[PeerId]:
+        return self.policy.pending
+
+    @property
+    def last_merge(self) -> BristleMerge | None:
+        return self.policy.last_merge
+
+    @property
+    def merge_shares(self) -> dict[PeerId, float]:
+        return self.policy.merge_shares

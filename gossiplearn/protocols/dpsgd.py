@@ -6,8 +6,12 @@ then x ← w_self·x + Σ_j w_j·x_j with Metropolis–Hastings weights
 w_j = 1 / (1 + max(deg_self, deg_j)), w_self = 1 − Σ_j w_j, renormalised over the models
 that actually arrived.
 
-Invariants: models are keyed by (round, sender); models of rounds already merged are
-dropped; a neighbour that goes down is no longer waited for.
+Invariants: models are keyed by (round, sender); only models of the current round are
+merged, those of later rounds kept for their round, and those of rounds already merged
+dropped; a neighbour that goes down is no longer waited for, and its weight goes to the
+own model; a peer that comes up is not taken as a neighbour (its weight is unknown). The
+rounds themselves (timer, replay check, reporting) are the loop of
+:mod:`~gossiplearn.protocols.rounds`; :class:`DPSGDPolicy` is D-PSGD's part.
 """
 
 from __future__ import annotations
@@ -20,21 +24,9 @@ import networkx as nx
 import numpy as np
 
 from gossiplearn.aggregation._tensors import is_local_statistic
-from gossiplearn.protocols.events import (
-    Effect,
-    Event,
-    Finished,
-    MessageReceived,
-    PeerDown,
-    RoundDone,
-    Send,
-    SetTimer,
-    Start,
-    StartTraining,
-    Timer,
-    TrainingDone,
-)
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 
@@ -69,64 +61,73 @@ def weighted_merge(
     return merged
 
 
-class DPSGDCore:
-    """Sans-I/O D-PSGD for one peer."""
+Loop = RoundLoop[ModelMessage]
 
-    reports_rounds = True
+
+class DPSGDPolicy:
+    """D-PSGD's part of the round loop: wait for every neighbour's model of this round,
+    merge with Metropolis–Hastings weights."""
+
+    waits = True
+    accepts_any_message = False
+
+    def __init__(self, config: DPSGDConfig, weights: Mapping[PeerId, float]) -> None:
+        self.config = config
+        self.weights = dict(weights)
+        #: round -> sender -> its model of that round (this round's, and later ones).
+        self.inbox: defaultdict[int, dict[PeerId, Params]] = defaultdict(dict)
+
+    def model_round(self, message: ModelMessage) -> int:
+        return message.round
+
+    def take(self, loop: Loop, sender: PeerId, message: ModelMessage) -> bool:
+        current = message.round == loop.round and loop.waiting
+        if message.round > loop.round or current:
+            self.inbox[message.round][sender] = message.params
+            return True
+        return False  # a round already merged
+
+    def ready(self, loop: Loop) -> bool:
+        arrived = self.inbox.get(loop.round, {})
+        return all(peer in arrived for peer in loop.neighbours)
+
+    def trained(self, loop: Loop, params: Params) -> Params:
+        return params
+
+    def pushes(self, loop: Loop) -> list[Send[ModelMessage]]:
+        return push_model(loop, loop.neighbours, self.config.samples)
+
+    def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
+        """Merge this round's models that arrived; a missing one's weight goes to self."""
+        inbox = self.inbox.get(loop.round, {})
+        arrived = {peer: model for peer, model in inbox.items() if peer in self.weights}
+        for old in [r for r in self.inbox if r <= loop.round]:
+            del self.inbox[old]
+        return weighted_merge(loop.params, arrived, self.weights), len(arrived)
+
+    def peer_up(self, loop: Loop, peer: PeerId) -> bool:
+        return False  # no weight for it: D-PSGD's graph is fixed at start
+
+    def peer_down(self, loop: Loop, peer: PeerId) -> None:
+        # Its weight moves to the self weight, as in MH on the smaller graph.
+        del self.weights[peer]
+
+
+class DPSGDCore(LoopState[ModelMessage]):
+    """Sans-I/O D-PSGD for one peer."""
 
     def __init__(
         self, config: DPSGDConfig, weights: Mapping[PeerId, float], params: Params
     ) -> None:
         self.config = config
-        self.weights = dict(weights)
-        self.params = params
-        self.round = 0
-        self.waiting = False
-        self.finished = False
-        self.inbox: defaultdict[int, dict[PeerId, Params]] = defaultdict(dict)
-        self._timer_token = 0
+        self.policy = DPSGDPolicy(config, weights)
+        self.loop = RoundLoop(config, list(weights), params, self.policy)
 
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        if self.finished:
-            return []
-        match event:
-            case Start():
-                return [StartTraining(self.params, self.config.local_steps)]
-            case TrainingDone(params=params):
-                self.params = params
-                self.round += 1
-                message = ModelMessage(self.round, params, self.config.samples)
-                effects: list[Effect] = [Send(peer, message) for peer in self.weights]
-                self.waiting = True
-                self._timer_token += 1
-                effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
-                return effects + self._maybe_merge(timed_out=False)
-            case MessageReceived(sender=sender, message=message):
-                current = message.round == self.round and self.waiting
-                if sender in self.weights and (message.round > self.round or current):
-                    self.inbox[message.round][sender] = message.params
-                return self._maybe_merge(timed_out=False)
-            case Timer(token=token) if token == self._timer_token:
-                return self._maybe_merge(timed_out=True)
-            case PeerDown(peer=peer) if peer in self.weights:
-                # Its weight moves to the self weight, as in MH on the smaller graph.
-                del self.weights[peer]
-                return self._maybe_merge(timed_out=False)
-        return []
+    @property
+    def weights(self) -> dict[PeerId, float]:
+        """The weight of each neighbour (the neighbours themselves)."""
+        return self.policy.weights
 
-    def _maybe_merge(self, *, timed_out: bool) -> list[Effect]:
-        if not self.waiting:
-            return []
-        inbox = self.inbox.get(self.round, {})
-        arrived = {peer: model for peer, model in inbox.items() if peer in self.weights}
-        if not timed_out and len(arrived) < len(self.weights):
-            return []
-        self.params = weighted_merge(self.params, arrived, self.weights)
-        self.waiting = False
-        for old in [r for r in self.inbox if r <= self.round]:
-            del self.inbox[old]
-        effects: list[Effect] = [RoundDone(self.round, self.params, len(arrived))]
-        if self.round >= self.config.rounds:
-            self.finished = True
-            return [*effects, Finished()]
-        return [*effects, StartTraining(self.params, self.config.local_steps)]
+    @property
+    def inbox(self) -> defaultdict[int, dict[PeerId, Params]]:
+        return self.policy.inbox

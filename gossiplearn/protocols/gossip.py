@@ -14,11 +14,13 @@ sender dropped first); a round's model is reported once, after the merge; after
 ``rounds`` rounds the core emits :class:`Finished` and ignores all input.
 Replays: a model whose round is not newer than the last one taken from the same sender
 (a duplicate, or an old round sent again) is ignored and counted in ``rejected["Replay"]``.
+The rounds themselves (timer, replay check, reporting) are :mod:`~gossiplearn.protocols.rounds`'s
+loop; :class:`GossipPolicy` is the part that is gossip's own.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -26,30 +28,15 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from gossiplearn.protocols.events import (
-    Effect,
-    Event,
-    Finished,
-    MessageReceived,
-    PeerDown,
-    PeerUp,
-    RoundDone,
-    Send,
-    SetTimer,
-    Start,
-    StartTraining,
-    Timer,
-    TrainingDone,
-)
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
+from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
 Merge = Callable[[Params, Sequence[Params]], Params]
 #: How much of a merge's result came from each input, own first (aggregation.SHARES).
 Weigh = Callable[[Params, Sequence[Params]], npt.NDArray[np.float64]]
-
-#: Senders whose last round is remembered for the replay check (least recent forgotten).
-MAX_TRACKED_SENDERS = 4096
+Loop = RoundLoop[ModelMessage]
 
 
 @dataclass(frozen=True)
@@ -65,10 +52,86 @@ class GossipConfig:
     samples: int = 0
 
 
-class GossipCore:
-    """Sans-I/O gossip learning for one peer."""
+class GossipPolicy:
+    """Gossip's part of the round loop: a buffer of the newest model of each sender,
+    merged by an aggregation rule once it holds ``buffer_size`` of them."""
 
-    reports_rounds = True
+    accepts_any_message = False
+
+    def __init__(
+        self,
+        config: GossipConfig,
+        neighbours: int,
+        merge: Merge,
+        rng: np.random.Generator,
+        weigh: Weigh | None = None,
+    ) -> None:
+        self.config = config
+        self.rule = merge
+        self.weigh = weigh
+        self.rng = rng
+        self.waits = config.wait_for_buffer
+        # Fixed at start: bounds memory whatever neighbours come and go.
+        self.max_buffer = 4 * max(config.buffer_size or 0, neighbours, 1)
+        #: sender -> its newest model since the last merge, least recently updated first.
+        self.buffer: OrderedDict[PeerId, Params] = OrderedDict()
+        #: With ``weigh``: the share of the last merge's result that came from each sender
+        #: (own share left out; empty when the round merged nothing). For attack metrics.
+        self.merge_shares: dict[PeerId, float] = {}
+
+    def buffer_size(self, neighbours: Sequence[PeerId]) -> int:
+        """Senders to wait for: at most one model counts per neighbour."""
+        if self.config.buffer_size is not None:
+            return min(self.config.buffer_size, len(neighbours))
+        if not neighbours:
+            return 0  # alone: nobody to wait for
+        return 1 if self.config.push == "one" else len(neighbours)
+
+    def model_round(self, message: ModelMessage) -> int:
+        return message.round
+
+    def take(self, loop: Loop, sender: PeerId, message: ModelMessage) -> bool:
+        self.buffer[sender] = message.params
+        self.buffer.move_to_end(sender)
+        if len(self.buffer) > self.max_buffer:
+            self.buffer.popitem(last=False)
+        return True
+
+    def ready(self, loop: Loop) -> bool:
+        return len(self.buffer) >= self.buffer_size(loop.neighbours)
+
+    def trained(self, loop: Loop, params: Params) -> Params:
+        return params
+
+    def pushes(self, loop: Loop) -> list[Send[ModelMessage]]:
+        neighbours = loop.neighbours
+        if self.config.push == "one" and neighbours:
+            neighbours = [neighbours[int(self.rng.integers(len(neighbours)))]]
+        return push_model(loop, neighbours, self.config.samples)
+
+    def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
+        """Merge if the buffer is full (or, having waited, whatever arrived)."""
+        self.merge_shares = {}
+        if not self.buffer or not (waited or self.ready(loop)):
+            return loop.params, 0
+        received = list(self.buffer.values())
+        if self.weigh is not None:
+            shares = self.weigh(loop.params, received)[1:]
+            for sender, share in zip(self.buffer, shares, strict=True):
+                self.merge_shares[sender] = float(share)
+        merged = self.rule(loop.params, received), len(received)
+        self.buffer.clear()
+        return merged
+
+    def peer_up(self, loop: Loop, peer: PeerId) -> bool:
+        return True
+
+    def peer_down(self, loop: Loop, peer: PeerId) -> None:
+        pass  # a model it sent before going down still counts
+
+
+class GossipCore(LoopState[ModelMessage]):
+    """Sans-I/O gossip learning for one peer."""
 
     def __init__(
         self,
@@ -82,121 +145,36 @@ class GossipCore:
         weigh: Weigh | None = None,
     ) -> None:
         self.config = config
-        self.neighbours = list(neighbours)
-        self.params = params
-        self.merge = merge
-        self.weigh = weigh
         self.rng = rng
-        self.round = round  # > 0 when resuming from a checkpoint
-        self.training = False
-        self.waiting = False
-        self.finished = False
-        self._timer_token = 0
-        # Fixed at start: bounds memory whatever neighbours come and go.
-        self.max_buffer = 4 * max(config.buffer_size or 0, len(self.neighbours), 1)
-        #: sender -> its newest model since the last merge, least recently updated first.
-        self.buffer: OrderedDict[PeerId, Params] = OrderedDict()
-        #: With ``weigh``: the share of the last merge's result that came from each sender
-        #: (own share left out; empty when the round merged nothing). For attack metrics.
-        self.merge_shares: dict[PeerId, float] = {}
-        #: sender -> round of the last model taken from it (the replay check).
-        self.last_round_from: OrderedDict[PeerId, int] = OrderedDict()
-        #: Messages ignored, by reason (read by drivers for their metrics).
-        self.rejected: Counter[str] = Counter()
+        self.policy = GossipPolicy(config, len(neighbours), merge, rng, weigh)
+        self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
+
+    @property
+    def neighbours(self) -> list[PeerId]:
+        return self.loop.neighbours
+
+    @property
+    def merge(self) -> Merge:
+        """The aggregation rule."""
+        return self.policy.rule
+
+    @property
+    def weigh(self) -> Weigh | None:
+        return self.policy.weigh
+
+    @property
+    def buffer(self) -> OrderedDict[PeerId, Params]:
+        return self.policy.buffer
+
+    @property
+    def max_buffer(self) -> int:
+        return self.policy.max_buffer
 
     @property
     def buffer_size(self) -> int:
         """Senders to wait for: at most one model counts per neighbour."""
-        if self.config.buffer_size is not None:
-            return min(self.config.buffer_size, len(self.neighbours))
-        if not self.neighbours:
-            return 0  # alone: nobody to wait for
-        return 1 if self.config.push == "one" else len(self.neighbours)
+        return self.policy.buffer_size(self.loop.neighbours)
 
-    def handle(self, now: float, event: Event) -> list[Effect]:
-        if self.finished:
-            return []
-        match event:
-            case Start():
-                return self._train()
-            case TrainingDone(params=params):
-                return self._after_training(params)
-            case MessageReceived(sender=sender, message=message):
-                if sender not in self.neighbours:
-                    self.rejected["NotNeighbour"] += 1
-                    return []
-                if self._is_replay(sender, message.round):
-                    self.rejected["Replay"] += 1
-                    return []
-                self.buffer[sender] = message.params
-                self.buffer.move_to_end(sender)
-                if len(self.buffer) > self.max_buffer:
-                    self.buffer.popitem(last=False)
-                if self.waiting and len(self.buffer) >= self.buffer_size:
-                    return self._end_round()
-            case Timer(token=token) if self.waiting and token == self._timer_token:
-                return self._end_round()
-            case PeerUp(peer=peer) if peer not in self.neighbours:
-                self.neighbours.append(peer)
-            case PeerDown(peer=peer) if peer in self.neighbours:
-                self.neighbours.remove(peer)
-                if self.waiting and len(self.buffer) >= self.buffer_size:
-                    return self._end_round()
-        return []
-
-    def _is_replay(self, sender: PeerId, round_: int) -> bool:
-        """True if ``sender`` already gave us a model of round ``round_`` or later; else
-        remember ``round_`` as its latest."""
-        last = self.last_round_from.get(sender)
-        if last is not None and round_ <= last:
-            return True
-        self.last_round_from[sender] = round_
-        self.last_round_from.move_to_end(sender)
-        if len(self.last_round_from) > MAX_TRACKED_SENDERS:
-            self.last_round_from.popitem(last=False)
-        return False
-
-    def _train(self) -> list[Effect]:
-        self.training = True
-        return [StartTraining(self.params, self.config.local_steps)]
-
-    def _after_training(self, params: Params) -> list[Effect]:
-        self.training = False
-        self.params = params
-        self.round += 1
-        message = ModelMessage(self.round, params, self.config.samples)
-        effects: list[Effect] = [Send(peer, message) for peer in self._targets()]
-        if len(self.buffer) >= self.buffer_size or not self.config.wait_for_buffer:
-            return effects + self._end_round()
-        self.waiting = True
-        self._timer_token += 1
-        effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
-        return effects
-
-    def _targets(self) -> list[PeerId]:
-        if not self.neighbours:
-            return []
-        if self.config.push == "all":
-            return list(self.neighbours)
-        return [self.neighbours[int(self.rng.integers(len(self.neighbours)))]]
-
-    def _end_round(self) -> list[Effect]:
-        """Merge if the buffer is full (or on timeout, whatever arrived), report, go on."""
-        full = len(self.buffer) >= self.buffer_size
-        merged = 0
-        self.merge_shares = {}
-        if self.buffer and (full or self.waiting):
-            merged = len(self.buffer)
-            received = list(self.buffer.values())
-            if self.weigh is not None:
-                shares = self.weigh(self.params, received)[1:]
-                for sender, share in zip(self.buffer, shares, strict=True):
-                    self.merge_shares[sender] = float(share)
-            self.params = self.merge(self.params, received)
-            self.buffer.clear()
-        self.waiting = False
-        effects: list[Effect] = [RoundDone(self.round, self.params, merged)]
-        if self.round >= self.config.rounds:
-            self.finished = True
-            return [*effects, Finished()]
-        return effects + self._train()
+    @property
+    def merge_shares(self) -> dict[PeerId, float]:
+        return self.policy.merge_shares

@@ -28,7 +28,9 @@ record (relayed, or a neighbour's own push) is stored only if its origin's signa
 verifies (else it is counted in ``rejected["BadSignature"]``), and only signed records are
 relayed, so no peer can forge another's history. Plain ModelMessages from neighbours are
 still merged but, having no signature, never relayed by a verifying peer.
-After ``rounds`` rounds the core emits :class:`Finished` and ignores all input.
+After ``rounds`` rounds the core emits :class:`Finished` and ignores all input. The rounds
+themselves (timer, replay check of a neighbour's own model, reporting) are the loop of
+:mod:`~gossiplearn.protocols.rounds`; :class:`SybilWallPolicy` is SybilWall's part.
 """
 
 from __future__ import annotations
@@ -43,22 +45,9 @@ import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import flatten, flatten_all, unflatten
 from gossiplearn.aggregation.foolsgold import foolsgold_weights
-from gossiplearn.protocols.events import (
-    AnyEffect,
-    AnyEvent,
-    Finished,
-    MessageReceived,
-    PeerDown,
-    PeerUp,
-    RoundDone,
-    Send,
-    SetTimer,
-    Start,
-    StartTraining,
-    Timer,
-    TrainingDone,
-)
+from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import Message, ModelMessage
+from gossiplearn.protocols.rounds import LoopState, RoundLoop
 from gossiplearn.protocols.signing import Signer, Verifier, history_statement, params_digest
 from gossiplearn.protocols.sybilwall_messages import MAX_DISTANCE, HistoryRecord
 from gossiplearn.types import Params, PeerId
@@ -128,84 +117,79 @@ def sybilwall_merge(
     return unflatten(merged, own), dict(zip(senders, (float(w) for w in weights), strict=True))
 
 
-class SybilWallCore:
-    """Sans-I/O SybilWall for one peer (``peer_id`` is its own id, to drop its own records)."""
+Loop = RoundLoop[Message]
 
-    reports_rounds = True
+
+class SybilWallPolicy:
+    """SybilWall's part of the round loop: the history table, the records it gossips, one
+    model per neighbour per round, and the FoolsGold-weighted merge."""
+
+    waits = True
     accepts_any_message = True
 
     def __init__(
         self,
         peer_id: PeerId,
         config: SybilWallConfig,
-        neighbours: Sequence[PeerId],
-        params: Params,
         rng: np.random.Generator,
-        *,
-        round: int = 0,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
     ) -> None:
         self.peer_id = peer_id
         self.config = config
+        self.rng = rng
         self.signer = signer
         self.verifier = verifier
-        #: Messages ignored, by reason (read by drivers for their metrics).
-        self.rejected: Counter[str] = Counter()
-        self.neighbours = list(neighbours)
-        self.params = params
-        self.rng = rng
-        self.round = round  # > 0 when joining a running network
         self.records: dict[PeerId, Record] = {}
         #: Latest model of each neighbour that sent one since the last merge.
         self.pending: dict[PeerId, Params] = {}
         #: Weight each sender got in the last merge (for inspection and tests).
         self.last_weights: dict[PeerId, float] = {}
-        self.training = False
-        self.waiting = False
-        self.finished = False
-        self._timer_token = 0
 
-    @property
-    def merge_shares(self) -> dict[PeerId, float]:
-        """The share of the last merge's result that came from each sender (own share left
-        out; empty when the round merged nothing): w_p / (1 + Σ w)."""
-        total = 1.0 + sum(self.last_weights.values())
-        return {peer: weight / total for peer, weight in self.last_weights.items()}
+    def model_round(self, message: Message) -> int | None:
+        """A neighbour's own model (plain, or signed at distance 0) is replay-checked; a
+        relayed record carries its origin's round, not the sender's."""
+        if isinstance(message, ModelMessage):
+            return message.round
+        if isinstance(message, HistoryRecord) and message.distance == 0:
+            return message.round
+        return None
 
-    def handle(self, now: float, event: AnyEvent) -> list[AnyEffect]:
-        if self.finished:
-            return []
-        match event:
-            case Start():
-                return self._train()
-            case TrainingDone(params=params):
-                return self._after_training(params)
-            case MessageReceived(sender=sender, message=ModelMessage() as message):
-                if sender in self.neighbours:
-                    self.on_model(sender, message)
-                    if self.waiting and self._complete():
-                        return self._end_round()
-            case MessageReceived(sender=sender, message=HistoryRecord(distance=0) as record):
-                accepted = sender in self.neighbours and self.on_signed_model(sender, record)
-                if accepted and self.waiting and self._complete():
-                    return self._end_round()
-            case MessageReceived(sender=sender, message=HistoryRecord() as record):
-                if sender in self.neighbours:
-                    self.on_record(sender, record)
-            case Timer(token=token) if self.waiting and token == self._timer_token:
-                return self._end_round()
-            case PeerUp(peer=peer) if peer not in self.neighbours:
-                self.neighbours.append(peer)
-            case PeerDown(peer=peer) if peer in self.neighbours:
-                self.neighbours.remove(peer)
-                self.pending.pop(peer, None)
-                known = self.records.get(peer)
-                if known is not None and known.distance == 1:
-                    del self.records[peer]
-                if self.waiting and self._complete():
-                    return self._end_round()
-        return []
+    def take(self, loop: Loop, sender: PeerId, message: Message) -> bool:
+        match message:
+            case ModelMessage():
+                self.on_model(sender, message)
+                return True
+            case HistoryRecord(distance=0):
+                return self.on_signed_model(sender, message, loop.rejected)
+            case HistoryRecord():
+                return self.on_record(sender, message, loop.rejected)
+        return False
+
+    def ready(self, loop: Loop) -> bool:
+        return all(peer in self.pending for peer in loop.neighbours)
+
+    def trained(self, loop: Loop, params: Params) -> Params:
+        return params
+
+    def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
+        """Merge whatever neighbours sent (all of them, or what came before the timeout)."""
+        merged, params = len(self.pending), loop.params
+        self.last_weights = {}
+        if self.pending:
+            histories = {p: r.history for p, r in self.records.items()}
+            params, self.last_weights = sybilwall_merge(params, self.pending, histories)
+            self.pending = {}
+        return params, merged
+
+    def peer_up(self, loop: Loop, peer: PeerId) -> bool:
+        return True
+
+    def peer_down(self, loop: Loop, peer: PeerId) -> None:
+        self.pending.pop(peer, None)
+        known = self.records.get(peer)
+        if known is not None and known.distance == 1:
+            del self.records[peer]
 
     # ---- history table -----------------------------------------------------------------
 
@@ -214,10 +198,12 @@ class SybilWallCore:
         self.records[sender] = Record(message.round, 1, sender, message.params)
         self.pending[sender] = message.params
 
-    def on_signed_model(self, sender: PeerId, message: HistoryRecord) -> bool:
+    def on_signed_model(
+        self, sender: PeerId, message: HistoryRecord, rejected: Counter[str]
+    ) -> bool:
         """A neighbour's own model, signed (distance 0); False if rejected."""
         if message.origin != sender or not self._verified(message):
-            self.rejected["BadSignature"] += 1
+            rejected["BadSignature"] += 1
             return False
         self.on_model(sender, ModelMessage(message.round, message.params))
         stored = self.records[sender]
@@ -225,18 +211,18 @@ class SybilWallCore:
         stored.statement = message.statement if self.verifier is not None else b""
         return True
 
-    def on_record(self, sender: PeerId, message: HistoryRecord) -> None:
+    def on_record(self, sender: PeerId, message: HistoryRecord, rejected: Counter[str]) -> bool:
         """Step 4: one hop farther; store if unknown, else replace only a distant record
         with one from a newer round. Records whose signature fails are rejected."""
         origin = message.origin
         if origin == self.peer_id or message.distance >= MAX_DISTANCE:
-            return
+            return False
         stored = self.records.get(origin)
         if stored is not None and not (stored.distance > 1 and message.round > stored.round):
-            return  # would not be stored: no need to verify it
+            return False  # would not be stored: no need to verify it
         if not self._verified(message):
-            self.rejected["BadSignature"] += 1
-            return
+            rejected["BadSignature"] += 1
+            return False
         statement = message.statement if self.verifier is not None else b""
         record = Record(
             message.round,
@@ -249,6 +235,7 @@ class SybilWallCore:
         self.records[origin] = record
         if stored is None:
             self._bound_distant()
+        return True
 
     def _verified(self, message: HistoryRecord) -> bool:
         """True when no verifier is set, or the record carries its origin's signature."""
@@ -285,19 +272,13 @@ class SybilWallCore:
         )
         return candidates[int(self.rng.choice(len(candidates), p=probabilities))]
 
-    # ---- rounds ------------------------------------------------------------------------
+    # ---- pushes ------------------------------------------------------------------------
 
-    def _train(self) -> list[AnyEffect]:
-        self.training = True
-        return [StartTraining(self.params, self.config.local_steps)]
-
-    def _after_training(self, params: Params) -> list[AnyEffect]:
-        self.training = False
-        self.params = params
-        self.round += 1
-        message = self._own_model(params)
-        effects: list[AnyEffect] = [Send(peer, message) for peer in self.neighbours]
-        for peer in self.neighbours:
+    def pushes(self, loop: Loop) -> list[Send[Message]]:
+        """The own model to every neighbour, and to each one record gossiped to it."""
+        message = self._own_model(loop.round, loop.params)
+        effects: list[Send[Message]] = [Send(peer, message) for peer in loop.neighbours]
+        for peer in loop.neighbours:
             origin = self.pick_record(peer)
             if origin is not None:
                 r = self.records[origin]
@@ -305,35 +286,69 @@ class SybilWallCore:
                 effects.append(
                     Send(peer, record.knowing_statement(r.statement) if r.statement else record)
                 )
-        if self._complete():
-            return effects + self._end_round()
-        self.waiting = True
-        self._timer_token += 1
-        effects.append(SetTimer(self.config.merge_timeout, "merge", self._timer_token))
         return effects
 
-    def _own_model(self, params: Params) -> Message:
+    def _own_model(self, round_: int, params: Params) -> Message:
         """The model push: signed (a HistoryRecord at distance 0) when there is a signer."""
         if self.signer is None:
-            return ModelMessage(self.round, params, self.config.samples)
-        statement = history_statement(self.peer_id, self.round, params_digest(params))
-        record = HistoryRecord(self.round, self.peer_id, 0, params, self.signer.sign(statement))
+            return ModelMessage(round_, params, self.config.samples)
+        statement = history_statement(self.peer_id, round_, params_digest(params))
+        record = HistoryRecord(round_, self.peer_id, 0, params, self.signer.sign(statement))
         return record.knowing_statement(statement)
 
-    def _complete(self) -> bool:
-        return all(peer in self.pending for peer in self.neighbours)
 
-    def _end_round(self) -> list[AnyEffect]:
-        """Merge whatever neighbours sent (all of them, or what came before the timeout)."""
-        merged = len(self.pending)
-        self.last_weights = {}
-        if self.pending:
-            histories = {p: r.history for p, r in self.records.items()}
-            self.params, self.last_weights = sybilwall_merge(self.params, self.pending, histories)
-            self.pending = {}
-        self.waiting = False
-        effects: list[AnyEffect] = [RoundDone(self.round, self.params, merged)]
-        if self.round >= self.config.rounds:
-            self.finished = True
-            return [*effects, Finished()]
-        return effects + self._train()
+class SybilWallCore(LoopState[Message]):
+    """Sans-I/O SybilWall for one peer (``peer_id`` is its own id, to drop its own records)."""
+
+    accepts_any_message = True
+
+    def __init__(
+        self,
+        peer_id: PeerId,
+        config: SybilWallConfig,
+        neighbours: Sequence[PeerId],
+        params: Params,
+        rng: np.random.Generator,
+        *,
+        round: int = 0,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        self.rng = rng
+        self.policy = SybilWallPolicy(peer_id, config, rng, signer, verifier)
+        self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
+
+    def pick_record(self, to: PeerId) -> PeerId | None:
+        """Step 2: the record to gossip to ``to``, or None if there is none to send."""
+        return self.policy.pick_record(to)
+
+    @property
+    def merge_shares(self) -> dict[PeerId, float]:
+        """The share of the last merge's result that came from each sender (own share left
+        out; empty when the round merged nothing): w_p / (1 + Σ w)."""
+        total = 1.0 + sum(self.last_weights.values())
+        return {peer: weight / total for peer, weight in self.last_weights.items()}
+
+    @property
+    def neighbours(self) -> list[PeerId]:
+        return self.loop.neighbours
+
+    @property
+    def records(self) -> dict[PeerId, Record]:
+        return self.policy.records
+
+    @records.setter
+    def records(self, records: dict[PeerId, Record]) -> None:
+        self.policy.records = records
+
+    @property
+    def pending(self) -> dict[PeerId, Params]:
+        return self.policy.pending
+
+    @property
+    def last_weights(self) -> dict[PeerId, float]:
+        return self.policy.last_weights
