@@ -58,7 +58,7 @@ from gossiplearn.protocols.gossip import GossipConfig, GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
-from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier
+from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier, is_peer_id
 from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
@@ -264,7 +264,7 @@ class Peer:
             signer, verifier = self._signing()  # membership changes are signed
             return ModestCore(
                 self.peer_id, modest, params, view, self._core_rng,
-                signer=signer, verifier=verifier,
+                signer=signer, verifier=verifier, valid_id=is_peer_id if verifier else None,
             )  # fmt: skip
         gossip = GossipConfig(
             rounds=rounds,
@@ -341,6 +341,9 @@ class Peer:
                 if merged:
                     self._emit("merged", {"round": round_, "models": merged})
                 self._spawn(self._round_done(round_, params))
+            case Finished() if isinstance(self.core, ModestCore):
+                # its last round may be reported by another peer: done once ours are recorded
+                self._spawn(self._finish_after_rounds())
             case Finished():
                 self._final_round = self._core_round()
             case Log(text=text, level=level):
@@ -379,6 +382,10 @@ class Peer:
             self._emit("round", info)
             if round_ == self._final_round:  # finished once the last round is recorded
                 self._finished.set()
+
+    async def _finish_after_rounds(self) -> None:
+        async with self._round_lock:  # after the RoundDone effects before it
+            self._finished.set()
 
     # ---- network ----------------------------------------------------------------------
 
