@@ -901,7 +901,7 @@ def test_relayed_activity_never_raises_the_round_estimate() -> None:
     c = guarded(0, range(4))
     c.handle(0.0, received(1, trained(2, view={2: Activity(10**6), 3: Activity(10**6)})))
     assert c.round_estimate == 2 and c.view[2].last_active == 2 == c.view[3].last_active
-    assert c.rejected["ActivityTooFar"] == 2
+    assert c.rejected["ActivityCapped"] == 2
 
 
 def test_a_relay_never_puts_a_member_ahead_of_our_round() -> None:

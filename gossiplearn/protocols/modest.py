@@ -32,25 +32,29 @@ Signed membership: given a ``signer``, a peer signs each membership change it an
 (peer, index, status); given a ``verifier``, adverts and view records carrying a change
 other than the configured initial JOIN are taken only with a valid signature of the peer
 they describe (others are dropped and counted in ``rejected["BadSignature"]``), so no
-peer can make another leave, rejoin or vanish. ``last_active`` is observed, not signed.
+peer can make another leave, rejoin or vanish. ``last_active`` is observed, not signed
+(a subject could sign any round for itself anyway): it is bounded instead, see below.
 
-Defences (anyone can start a peer; a new identity costs nothing). Given a ``verifier``:
+Defences (anyone can start a peer; a new identity costs nothing; DESIGN.md's threat model):
 - ids are checked (``valid_id``: libp2p peer ids on libp2p, ints in the simulator);
-- a peer unknown to us enters the view only through a record signed by itself (even the
-  initial JOIN) or its own signed advert; a relayed record may refresh a known member's
-  ``last_active`` but never above our round estimate, so relays never move r̂;
 - a message whose round is more than ``window`` rounds ahead of r̂ is dropped
   (``rejected["RoundTooFar"]``): an honest member samples us only for rounds in which we
-  are active in its view, i.e. at most ``inactivity_threshold`` after our last activity;
-- models (trained or aggregated) are taken only from members: the sender is in the view
-  (not pending, not left) or its own record in the message is signed by it; pings from
-  others are answered but change nothing;
-- the view (with pending joins) holds at most ``view_cap`` peers, and at most
-  ``source_quota`` of them may have been introduced by one relaying peer. When full, a
-  newcomer replaces the left or least recently heard-of entry only if it was heard of
-  first-hand more recently, so a flood of relayed records evicts nobody.
-A member may still lie about its own round within the window, and as a sampled aggregator
-push a bad model: those need robust aggregation, not membership rules.
+  are active in its view, i.e. at most ``inactivity_threshold`` (the default window)
+  after the last round we know of;
+- models (trained or aggregated) count only from members: the sender is in the view (not
+  only pending, not left) or its own record in the message is signed by it (a peer that
+  joined through others); anything else is ``rejected["NotMember"]``. A stranger's ping
+  is answered but changes nothing;
+- given a ``verifier``, a peer unknown to us enters the view only through a record signed
+  by itself (the initial JOIN too) or its own signed advert;
+- no relayed record raises a ``last_active`` above r̂ or the message's round (counted in
+  ``rejected["ActivityCapped"]``), so relays never move r̂ nor keep a peer ahead of us;
+- the view (with pending joins) holds at most ``view_cap`` peers, at most
+  ``source_quota`` of them introduced by one relaying peer. When full, a newcomer replaces
+  the left or least recently heard-of entry only if it was heard of first-hand more
+  recently, so a flood of relayed records evicts nobody.
+A member may still claim rounds within the window, once per message, and as a sampled
+aggregator push a bad model: that needs robust aggregation, not membership rules.
 
 Finishing: a peer emits Finished once the run is over for it and it owes nothing more: it
 trained round ``rounds`` and pushed it, or it aggregated sample ``rounds``+1, or it learnt
@@ -480,7 +484,7 @@ class ModestCore:
                 self.rejected["BadPeerId"] += 1
                 continue
             if theirs.last_active > cap:
-                self.rejected["ActivityTooFar"] += 1
+                self.rejected["ActivityCapped"] += 1
                 theirs = dataclasses.replace(theirs, last_active=cap)
             mine = self.view.get(peer) or self.pending.get(peer)
             if mine is None:
