@@ -8,8 +8,9 @@ connects and sends, to every peer, well-formed messages that used to wreck the n
 non-peer-id strings, and (e) an unsigned JOIN advert. The peers must keep their round,
 their accuracy and their pace, and all finish at ``ROUNDS``.
 
-The scenario runs in a fresh process (``python tests/adversarial/test_modest_attacks.py``
-prints its numbers as JSON), so it can also be pointed at another checkout to compare.
+The scenario runs in a fresh process (``python tests/adversarial/test_modest_attacks.py
+[far-trained,fake-members,...]`` prints its numbers as JSON, for all or some attacks), so
+it can also be pointed at another checkout (PYTHONPATH) to compare.
 """
 
 from __future__ import annotations
@@ -102,8 +103,11 @@ def make_peers() -> list[Any]:
     return peers
 
 
-def attack_messages(peers: list[Any], next_round: int) -> list[bytes]:
-    """The hostile payloads, each well-formed."""
+ATTACKS = ("far-trained", "far-aggregated", "next-aggregated", "fake-members", "join")
+
+
+def attack_messages(peers: list[Any], next_round: int, chosen: tuple[str, ...]) -> list[bytes]:
+    """The hostile payloads in ``chosen`` (of ATTACKS), each well-formed."""
     from libp2p.crypto.ed25519 import create_new_key_pair
 
     from gossiplearn.protocols.codec import encode
@@ -123,20 +127,21 @@ def attack_messages(peers: list[Any], next_round: int) -> list[bytes]:
         peer_id_of(create_new_key_pair()): Activity(10**6) for _ in range(FAKES)
     }
     fakes |= {f"fake-1-{i:07d}": Activity(10**6) for i in range(100)}
-    return [
-        encode(ModestModel(ModelKind.TRAINED, far, huge, 1, {})),
-        encode(ModestModel(ModelKind.AGGREGATED, far, huge, 0, {})),
-        encode(ModestModel(ModelKind.AGGREGATED, next_round, huge, 0, {})),
-        encode(ModestModel(ModelKind.TRAINED, next_round, huge, 10**6, fakes)),
-        encode(MembershipAdvert(next_round, 1, Membership.JOIN)),
-    ]
+    messages: dict[str, ModestModel | MembershipAdvert] = {
+        "far-trained": ModestModel(ModelKind.TRAINED, far, huge, 1, {}),
+        "far-aggregated": ModestModel(ModelKind.AGGREGATED, far, huge, 0, {}),
+        "next-aggregated": ModestModel(ModelKind.AGGREGATED, next_round, huge, 0, {}),
+        "fake-members": ModestModel(ModelKind.TRAINED, next_round, huge, 10**6, fakes),
+        "join": MembershipAdvert(next_round, 1, Membership.JOIN),
+    }
+    return [encode(messages[name]) for name in chosen]
 
 
 def network_round(peers: list[Any]) -> int:
     return max(peer.status().round for peer in peers)
 
 
-async def scenario() -> dict[str, Any]:
+async def scenario(chosen: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
     from gossiplearn.transport.base import MODEL_PROTOCOL
     from gossiplearn.transport.libp2p import Libp2pTransport
 
@@ -163,7 +168,7 @@ async def scenario() -> dict[str, Any]:
         for peer in peers:
             await attacker.connect(peer.transport.addresses[0])
         at = network_round(peers)
-        for payload in attack_messages(peers, at + 1):
+        for payload in attack_messages(peers, at + 1, chosen):
             for peer in peers:
                 with contextlib.suppress(Exception):
                     await attacker.send(peer.peer_id, MODEL_PROTOCOL, payload)
@@ -199,4 +204,5 @@ async def scenario() -> dict[str, Any]:
 
 if __name__ == "__main__":  # the scenario, run in a fresh process by the test above
     torch.set_num_threads(1)
-    print(json.dumps(asyncio.run(scenario())))
+    chosen = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else ATTACKS  # to measure one
+    print(json.dumps(asyncio.run(scenario(chosen))))
