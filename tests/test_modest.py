@@ -939,8 +939,31 @@ def test_one_relay_introduces_at_most_its_quota_of_peers() -> None:
     newcomers = {1000 + i: signed(1000 + i, Activity(0)) for i in range(30)}
     c.handle(0.0, received(1, trained(1, view=newcomers)))
     assert len(c.view) == 4 + 5 and c.rejected["SourceQuota"] == 25
+    c.handle(0.0, received(1, trained(1, view=newcomers)))  # its quota stays used up
+    assert len(c.view) == 4 + 5 and c.rejected["SourceQuota"] == 50
     c.handle(0.0, received(2, trained(1, view=newcomers)))  # another source: its own quota
     assert len(c.view) == 4 + 10
+
+
+class CountingVerifier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def verify(self, origin: PeerId, statement: bytes, signature: bytes) -> bool:
+        self.calls += 1
+        return KEYS.verifier.verify(origin, statement, signature)
+
+
+def test_a_message_costs_at_most_source_quota_signature_checks() -> None:
+    verifier = CountingVerifier()
+    c = guarded(0, range(4), source_quota=10)  # forged: none enters nor uses the quota
+    c.verifier = verifier
+    garbage = {1000 + i: Activity(0, 1, JOIN, bytes(64)) for i in range(1000)}
+    garbage[2] = Activity(0, 5, LEAVE, bytes(64))  # a known peer's forged change
+    for _ in range(3):
+        c.handle(0.0, received(1, trained(1, view=garbage)))
+    assert verifier.calls == 3 * 10 and set(c.view) == {0, 1, 2, 3}
+    assert c.view[2].status == JOIN
 
 
 def test_the_view_is_capped_and_a_relayed_flood_evicts_nobody() -> None:

@@ -475,7 +475,9 @@ class ModestCore:
         """Merge the view that ``sender`` sent: known peers are merged (a newer membership
         change must be signed by its peer); unknown peers enter only with their own
         signature, within the cap and ``sender``'s quota. No record may raise a
-        ``last_active`` above ``cap`` (r̂, or the message's round if later)."""
+        ``last_active`` above ``cap`` (r̂, or the message's round if later). At most
+        ``source_quota`` signatures are checked per message: each costs real time."""
+        checks = self.config.source_quota
         for peer, theirs in view.items():
             if peer == self.me:  # a peer is the authority on its own membership
                 self._seen = max(self._seen, min(theirs.last_active, cap))
@@ -487,25 +489,28 @@ class ModestCore:
                 self.rejected["ActivityCapped"] += 1
                 theirs = dataclasses.replace(theirs, last_active=cap)
             mine = self.view.get(peer) or self.pending.get(peer)
+            if mine is None and peer != sender and self._quota[sender] >= self.config.source_quota:
+                self.rejected["SourceQuota"] += 1
+                continue
+            news = mine is None or (theirs.index, theirs.status) > (mine.index, mine.status)
+            if news and self.verifier is not None and theirs.signature:
+                if checks == 0:
+                    self.rejected["TooManySignatures"] += 1
+                    continue
+                checks -= 1
             if mine is None:
                 self._introduce(sender, peer, theirs)
-                continue
-            if (theirs.index, theirs.status) > (mine.index, mine.status) and not self._signed_by(
-                peer, theirs
-            ):
+            elif news and not self._signed_by(peer, theirs):
                 self.rejected["BadSignature"] += 1
-                continue
-            current = self.view.get(peer)
-            self._set(peer, theirs if current is None else merge_activity(current, theirs))
+            else:
+                current = self.view.get(peer)
+                self._set(peer, theirs if current is None else merge_activity(current, theirs))
 
     def _introduce(self, sender: PeerId, peer: PeerId, record: Activity) -> None:
-        """A peer unknown to us, in ``sender``'s view."""
+        """A peer unknown to us, in ``sender``'s view (within ``sender``'s quota)."""
+        first_hand = peer == sender
         if not self._signed_by(peer, record, always=True):
             self.rejected["Unsigned" if not record.signature else "BadSignature"] += 1
-            return
-        first_hand = peer == sender
-        if not first_hand and self._quota[sender] >= self.config.source_quota:
-            self.rejected["SourceQuota"] += 1
             return
         heard = record.last_active if first_hand else -1
         if not self._make_room(heard):
