@@ -120,7 +120,7 @@ def attack_messages(peers: list[Any], next_round: int, chosen: tuple[str, ...]) 
     )
     from gossiplearn.transport.libp2p import peer_id_of
 
-    params = peers[0].learner.params()
+    params = peers[0].learner.params()  # an honest-looking model: only the view is hostile
     huge = {name: np.full_like(value, 1e30) for name, value in params.items()}
     far = 2**62
     fakes: dict[Any, Activity] = {
@@ -131,7 +131,7 @@ def attack_messages(peers: list[Any], next_round: int, chosen: tuple[str, ...]) 
         "far-trained": ModestModel(ModelKind.TRAINED, far, huge, 1, {}),
         "far-aggregated": ModestModel(ModelKind.AGGREGATED, far, huge, 0, {}),
         "next-aggregated": ModestModel(ModelKind.AGGREGATED, next_round, huge, 0, {}),
-        "fake-members": ModestModel(ModelKind.TRAINED, next_round, huge, 10**6, fakes),
+        "fake-members": ModestModel(ModelKind.TRAINED, next_round, params, 1, fakes),
         "join": MembershipAdvert(next_round, 1, Membership.JOIN),
     }
     return [encode(messages[name]) for name in chosen]
@@ -141,28 +141,38 @@ def network_round(peers: list[Any]) -> int:
     return max(peer.status().round for peer in peers)
 
 
+def rounds_per_minute(reported: dict[int, float], first: int, last: int, since: float) -> float:
+    """Rounds first..last reported (by their aggregators) per minute of wall time after
+    ``since``; rounds never reported count for nothing."""
+    times = [t for r, t in reported.items() if first <= r <= last and t >= since]
+    return len(times) / (max(times) - since) * 60 if times else 0.0
+
+
 async def scenario(chosen: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
     from gossiplearn.transport.base import MODEL_PROTOCOL
     from gossiplearn.transport.libp2p import Libp2pTransport
 
     peers = make_peers()
     accuracy: dict[int, list[float]] = {}  # round -> accuracies reported
+    reported: dict[int, float] = {}  # round -> when first reported
+
+    def on_round(info: dict[str, Any]) -> None:
+        reported.setdefault(info["round"], time.monotonic())
+        accuracy.setdefault(info["round"], []).append(info.get("accuracy", 0.0))
+
     for peer in peers:
-        peer.on(
-            "round",
-            lambda info: accuracy.setdefault(info["round"], []).append(info.get("accuracy", 0)),
-        )
+        peer.on("round", on_round)
     attacker = Libp2pTransport()  # a fresh identity, known to nobody
     highest = 0
     async with contextlib.AsyncExitStack() as stack:
         for peer in peers:
             await stack.enter_async_context(peer)
         started = time.monotonic()
-        while network_round(peers) < ATTACK_AT:
+        while ATTACK_AT not in reported:
             await asyncio.sleep(0.05)
         attack_started = time.monotonic()
-        rate_before = (network_round(peers) - 1) / (attack_started - started) * 60
-        accuracy_before = max(accuracy.get(r, [0.0])[0] for r in range(ATTACK_AT - 2, ATTACK_AT))
+        rate_before = rounds_per_minute(reported, 2, ATTACK_AT, reported.get(1, started))
+        accuracy_before = max(accuracy[ATTACK_AT - 1] + accuracy[ATTACK_AT])
         await attacker.start()
         stack.push_async_callback(attacker.stop)
         for peer in peers:
@@ -186,13 +196,12 @@ async def scenario(chosen: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
             for reason, count in status.rejected.items():
                 rejected[reason] = rejected.get(reason, 0) + count
         core_views = [len(getattr(peer.core, "view", {})) for peer in peers]
-        reached = min(max(s.round for s in statuses), ROUNDS)
     return {
         "finished": [s.finished for s in statuses],
         "final_rounds": [s.round for s in statuses],
         "max_round_seen": highest,
         "rate_before": rate_before,
-        "rate_after": (reached - at) / (ended - attack_started) * 60,
+        "rate_after": rounds_per_minute(reported, at + 1, ROUNDS, attack_started),
         "accuracy_before": accuracy_before,
         "accuracy_after": max(after) if after else 0.0,
         "accuracies": {r: accuracy[r] for r in sorted(accuracy)},
