@@ -61,7 +61,7 @@ def run(name: str, settings: dict[str, Any], target: float, console: Console) ->
         "bytes_sent": result.summary["bytes_sent"],
         "messages_sent": result.summary["messages_sent"],
         "virtual_time": result.summary["virtual_time"],
-        "churn": result.summary["churn"],
+        "churn": result.summary["timeline"],  # what the churn did (the summary's timeline)
         "wall_seconds": round(time.perf_counter() - started, 1),
         "metrics": result.metrics,
     }

@@ -4,6 +4,7 @@ driver, and whole simulations on the bundled digits dataset."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -29,6 +30,7 @@ from gossiplearn.protocols.codec import decode, decode_message, encode, register
 from gossiplearn.protocols.events import (
     AnyEffect,
     AnyEvent,
+    Finished,
     Leave,
     MessageReceived,
     RoundDone,
@@ -41,6 +43,7 @@ from gossiplearn.protocols.events import (
 )
 from gossiplearn.protocols.messages import ModelMessage, spec_of
 from gossiplearn.protocols.modest import (
+    MAX_VIEW,
     ModestConfig,
     ModestCore,
     merge_activity,
@@ -56,7 +59,9 @@ from gossiplearn.protocols.modest_messages import (
     ModestModel,
     Ping,
     Pong,
+    membership_of,
 )
+from gossiplearn.protocols.signing import SeedKeys
 from gossiplearn.types import Params, PeerId
 
 JOIN, LEAVE = Membership.JOIN, Membership.LEAVE
@@ -459,6 +464,25 @@ def test_a_network_completes_rounds_and_reports_one_model_per_round() -> None:
     assert all(net.cores[peer].finished for peer, *_ in net.reports[-1:])
 
 
+def test_every_peer_finishes_once_the_last_round_is_done() -> None:
+    net = network(12, rounds=6)
+    start(net)
+    net.run(until=100.0)
+    assert all(c.finished for c in net.cores.values())
+
+
+def test_a_peer_does_not_finish_while_it_trains_the_last_round() -> None:
+    c = core(0, range(3), rounds=2)
+    effects = c.handle(0.0, received(1, aggregated(2)))
+    assert of_type(effects, StartTraining) and not of_type(effects, Finished)
+    effects = c.handle(1.0, TrainingDone(p(1.0), 2))  # pings the aggregators of sample 3
+    assert not c.finished and not of_type(effects, Finished)
+    head = c.order(3)[0]
+    if head != 0:
+        effects = c.handle(1.1, received(head, Pong(2, pings(effects)[head])))
+    assert c.finished and len(of_type(effects, Finished)) == 1
+
+
 def test_a_crashed_aggregator_is_skipped_after_a_ping_timeout() -> None:
     # a network where the head of O_2 is not a round-1 trainer
     n = next(
@@ -800,3 +824,156 @@ def test_arbitrary_view_columns_only_raise_wire_errors(
 def test_any_valid_view_round_trips(view: dict[PeerId, Activity]) -> None:
     decoded = decode_message(encode(ModestModel(TRAINED, 1, p(0.0), 0, view)), spec_of(p(0.0)))
     assert isinstance(decoded, ModestModel) and decoded.view == view
+
+
+# ---- defences against a hostile peer -------------------------------------------------
+
+KEYS = SeedKeys(11)
+
+
+def guarded(me: PeerId = 0, peers: Sequence[PeerId] = range(4), **options: Any) -> ModestCore:
+    """A core that verifies signatures (as on libp2p and in the simulator)."""
+    settings: dict[str, Any] = {"rounds": 50, "local_steps": 3, "sample_size": 3}
+    settings.update(options)
+    return ModestCore(
+        me, ModestConfig(**settings), p(0.0), view_of(peers), np.random.default_rng(0),
+        signer=KEYS.signer(me), verifier=KEYS.verifier,
+    )  # fmt: skip
+
+
+def signed(peer: PeerId, record: Activity) -> Activity:
+    signature = KEYS.signer(peer).sign(membership_of(peer, record))
+    return dataclasses.replace(record, signature=signature)
+
+
+def test_a_message_far_ahead_of_the_round_estimate_is_rejected() -> None:
+    c = guarded(0, range(4))
+    for message in (aggregated(2**62), trained(2**62), Ping(2**62, 1), Pong(2**62, 1)):
+        assert c.handle(0.0, received(1, message)) == []
+    assert c.rejected["RoundTooFar"] == 4 and c.round_estimate == 0 and c.train_round == 0
+    assert c.round_limit == c.config.inactivity_threshold  # the default window
+    effects = c.handle(0.0, received(1, aggregated(50)))  # just inside the window
+    assert of_type(effects, StartTraining) and c.train_round == 50
+
+
+def test_the_window_is_a_setting() -> None:
+    c = guarded(0, range(4), round_window=3)
+    assert c.handle(0.0, received(1, Ping(4, 1))) == [] and c.rejected["RoundTooFar"] == 1
+    assert of_type(c.handle(0.0, received(1, Ping(3, 2))), Send)
+
+
+def test_models_from_non_members_are_not_adopted() -> None:
+    c = guarded(0, range(4))
+    hijack = ModestModel(AGGREGATED, 1, p(1e30), 0, {99: Activity(1)})
+    assert c.handle(0.0, received(99, hijack)) == []
+    assert c.handle(0.0, received(99, trained(1, view={99: Activity(1)}))) == []
+    assert c.rejected["NotMember"] == 2 and 99 not in c.view and c.buffer == {}
+    assert c.train_round == 0 and c.agg_round == 0 and w(c.params) == 0.0
+
+
+def test_a_newcomer_signed_in_by_its_own_record_is_a_member() -> None:
+    c = guarded(0, range(4))
+    joined = signed(77, Activity(1, 1, JOIN))
+    effects = c.handle(0.0, received(77, trained(1, view={77: joined})))
+    assert 77 in c.view and c.is_member(77) and 77 in c.buffer and c.rejected == {}
+    assert of_type(effects, SetTimer)
+
+
+def test_pings_from_strangers_are_answered_but_change_nothing() -> None:
+    c = guarded(0, range(4))
+    effects = c.handle(0.0, received(99, Ping(40, 5)))
+    assert [e.message for e in of_type(effects, Send)] == [Pong(0, 5)]
+    assert 99 not in c.view and c.round_estimate == 0
+
+
+def test_unknown_peers_enter_the_view_only_with_their_own_signature() -> None:
+    c = guarded(0, range(4))
+    fakes = {1000 + i: Activity(0) for i in range(200)}
+    genuine = signed(500, Activity(0))
+    forged = dataclasses.replace(signed(501, Activity(0)), signature=KEYS.signer(1).sign(b"x"))
+    c.handle(0.0, received(1, trained(1, view={**fakes, 500: genuine, 501: forged})))
+    assert not fakes.keys() & c.view.keys() and 501 not in c.view
+    assert c.rejected["Unsigned"] == 200 and c.rejected["BadSignature"] == 1
+    assert c.view[500] == genuine and 500 in c.candidates(1)
+
+
+def test_relayed_activity_never_raises_the_round_estimate() -> None:
+    c = guarded(0, range(4))
+    c.handle(0.0, received(1, trained(2, view={2: Activity(10**6), 3: Activity(10**6)})))
+    assert c.round_estimate == 2 and c.view[2].last_active == 2 == c.view[3].last_active
+    assert c.rejected["ActivityCapped"] == 2
+
+
+def test_a_relay_never_puts_a_member_ahead_of_our_round() -> None:
+    c = guarded(0, range(4), inactivity_threshold=5)
+    for k in range(1, 12):  # member 1 relays every round that 3 is still active
+        c.handle(0.0, received(1, aggregated(k)))
+        c.handle(0.0, received(1, trained(k + 1, view={3: Activity(10**6)})))
+    assert c.view[3].last_active <= c.round_estimate  # never ahead of what we know
+
+
+def test_peer_ids_are_checked() -> None:
+    c = guarded(0, range(4))
+    c.handle(0.0, received(1, trained(1, view={"fake-1-0056962": Activity(0), -1: Activity(0)})))
+    assert c.handle(0.0, received("fake-1-0056962", Ping(0, 1))) == []
+    assert c.rejected["BadPeerId"] == 3 and set(c.view) == {0, 1, 2, 3}
+
+
+def test_libp2p_peers_accept_only_libp2p_peer_ids() -> None:
+    from gossiplearn.protocols.signing import is_peer_id
+    from gossiplearn.transport.libp2p import Libp2pTransport
+
+    me, other = Libp2pTransport().peer_id, Libp2pTransport().peer_id
+    config = ModestConfig(rounds=5, local_steps=1)
+    c = ModestCore(
+        me, config, p(0.0), view_of([me, other]), np.random.default_rng(0), valid_id=is_peer_id
+    )
+    assert is_peer_id(me) and not is_peer_id("fake-1-0056962") and not is_peer_id(3)
+    assert c.handle(0.0, received("fake-1-0056962", Ping(0, 1))) == []
+    assert of_type(c.handle(0.0, received(other, Ping(0, 1))), Send)
+    assert c.rejected["BadPeerId"] == 1
+
+
+def test_one_relay_introduces_at_most_its_quota_of_peers() -> None:
+    c = guarded(0, range(4), source_quota=5)
+    newcomers = {1000 + i: signed(1000 + i, Activity(0)) for i in range(30)}
+    c.handle(0.0, received(1, trained(1, view=newcomers)))
+    assert len(c.view) == 4 + 5 and c.rejected["SourceQuota"] == 25
+    c.handle(0.0, received(1, trained(1, view=newcomers)))  # its quota stays used up
+    assert len(c.view) == 4 + 5 and c.rejected["SourceQuota"] == 50
+    c.handle(0.0, received(2, trained(1, view=newcomers)))  # another source: its own quota
+    assert len(c.view) == 4 + 10
+
+
+class CountingVerifier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def verify(self, origin: PeerId, statement: bytes, signature: bytes) -> bool:
+        self.calls += 1
+        return KEYS.verifier.verify(origin, statement, signature)
+
+
+def test_a_message_costs_at_most_source_quota_signature_checks() -> None:
+    verifier = CountingVerifier()
+    c = guarded(0, range(4), source_quota=10)  # forged: none enters nor uses the quota
+    c.verifier = verifier
+    garbage = {1000 + i: Activity(0, 1, JOIN, bytes(64)) for i in range(1000)}
+    garbage[2] = Activity(0, 5, LEAVE, bytes(64))  # a known peer's forged change
+    for _ in range(3):
+        c.handle(0.0, received(1, trained(1, view=garbage)))
+    assert verifier.calls == 3 * 10 and set(c.view) == {0, 1, 2, 3}
+    assert c.view[2].status == JOIN
+
+
+def test_the_view_is_capped_and_a_relayed_flood_evicts_nobody() -> None:
+    assert MAX_VIEW >= 1000
+    c = guarded(0, range(4), view_cap=8)
+    flood = {1000 + i: signed(1000 + i, Activity(0)) for i in range(30)}
+    c.handle(0.0, received(1, trained(1, view=flood)))
+    assert len(c.view) == 8 and c.rejected["ViewFull"] == 26
+    assert {1, 2, 3} <= c.view.keys()  # the configured members stay
+    # a newcomer that speaks for itself replaces a peer we only heard of through a relay
+    advert = MembershipAdvert(1, 1, JOIN, signed(60, Activity(1, 1, JOIN)).signature)
+    c.handle(0.0, received(60, advert))
+    assert 60 in c.pending and len(c.view.keys() | c.pending.keys()) == 8

@@ -73,7 +73,7 @@ from gossiplearn.protocols.gossip import GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
-from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier
+from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier, is_peer_id
 from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
@@ -338,7 +338,7 @@ class Peer:
             signer, verifier = self._signing()  # membership changes are signed
             return ModestCore(
                 self.peer_id, modest, params, view, self._core_rng,
-                signer=signer, verifier=verifier,
+                signer=signer, verifier=verifier, valid_id=is_peer_id if verifier else None,
             )  # fmt: skip
         if c.aggregator == "sybilwall":  # histories are signed with the transport's key
             signer, verifier = self._signing()
@@ -423,6 +423,9 @@ class Peer:
                     timing["wait_s"] = round(loop.time() - self._trained_at, 3)
                 self._round_timing, self._trained_at = {}, None
                 self._spawn(self._round_done(round_, params, timing))
+            case Finished() if isinstance(self.core, ModestCore):
+                # its last round may be reported by another peer: done once ours are recorded
+                self._spawn(self._finish_after_rounds())
             case Finished():
                 self._final_round = self._core_round()
             case Log(text=text, level=level):
@@ -493,6 +496,10 @@ class Peer:
             log.error("%s", error)
             self.failure = error
         self._finished.set()
+
+    async def _finish_after_rounds(self) -> None:
+        async with self._round_lock:  # after the RoundDone effects before it
+            self._finished.set()
 
     # ---- network ----------------------------------------------------------------------
 

@@ -32,7 +32,33 @@ Signed membership: given a ``signer``, a peer signs each membership change it an
 (peer, index, status); given a ``verifier``, adverts and view records carrying a change
 other than the configured initial JOIN are taken only with a valid signature of the peer
 they describe (others are dropped and counted in ``rejected["BadSignature"]``), so no
-peer can make another leave, rejoin or vanish. ``last_active`` is observed, not signed.
+peer can make another leave, rejoin or vanish. ``last_active`` is observed, not signed
+(a subject could sign any round for itself anyway): it is bounded instead, see below.
+
+Defences (anyone can start a peer; a new identity costs nothing; DESIGN.md's threat model):
+- ids are checked (``valid_id``: libp2p peer ids on libp2p, ints in the simulator);
+- a message whose round is more than ``window`` rounds ahead of r̂ is dropped
+  (``rejected["RoundTooFar"]``): an honest member samples us only for rounds in which we
+  are active in its view, i.e. at most ``inactivity_threshold`` (the default window)
+  after the last round we know of;
+- models (trained or aggregated) count only from members: the sender is in the view (not
+  only pending, not left) or its own record in the message is signed by it (a peer that
+  joined through others); anything else is ``rejected["NotMember"]``. A stranger's ping
+  is answered but changes nothing;
+- given a ``verifier``, a peer unknown to us enters the view only through a record signed
+  by itself (the initial JOIN too) or its own signed advert;
+- no relayed record raises a ``last_active`` above r̂ or the message's round (counted in
+  ``rejected["ActivityCapped"]``), so relays never move r̂ nor keep a peer ahead of us;
+- the view (with pending joins) holds at most ``view_cap`` peers, at most
+  ``source_quota`` of them introduced by one relaying peer. When full, a newcomer replaces
+  the left or least recently heard-of entry only if it was heard of first-hand more
+  recently, so a flood of relayed records evicts nobody.
+A member may still claim rounds within the window, once per message, and as a sampled
+aggregator push a bad model: that needs robust aggregation, not membership rules.
+
+Finishing: a peer emits Finished once the run is over for it and it owes nothing more: it
+trained round ``rounds`` and pushed it, or it aggregated sample ``rounds``+1, or it learnt
+that r̂ passed ``rounds``; not while it trains, pings or holds an unfinished aggregation.
 
 Invariants: a message's round is the sample its receivers act in (trained model k+1 ->
 aggregators of k+1; aggregated model k -> trainers of k); stale trained models, duplicate
@@ -47,7 +73,7 @@ import hashlib
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,6 +97,8 @@ from gossiplearn.protocols.events import (
 from gossiplearn.protocols.fedavg import weighted_average
 from gossiplearn.protocols.messages import Message
 from gossiplearn.protocols.modest_messages import (
+    MAX_PEER_ID_BYTES,
+    MAX_PEER_ID_INT,
     Activity,
     Membership,
     MembershipAdvert,
@@ -86,6 +114,14 @@ from gossiplearn.types import Params, PeerId
 
 #: The stall watchdog gives up after this many checks in a row without progress.
 MAX_STALLED_CHECKS = 8
+#: Most peers a view holds (with pending joins): far more than any sample needs, few
+#: enough that a flood of records costs bounded memory and time per message.
+MAX_VIEW = 4096
+#: Most view entries that one relaying peer may have introduced at a time.
+SOURCE_QUOTA = 256
+
+#: Tells whether a value may be a peer id of this network.
+IdCheck = Callable[[object], bool]
 
 
 @dataclass(frozen=True)
@@ -104,6 +140,10 @@ class ModestConfig:
     #: Seconds without a new round before the watchdog checks; None: 12 ping timeouts.
     stall_timeout: float | None = None
     samples: int = 0
+    #: Rounds a message may be ahead of r̂; None: ``inactivity_threshold``.
+    round_window: int | None = None
+    view_cap: int = MAX_VIEW
+    source_quota: int = SOURCE_QUOTA
 
     @property
     def models_needed(self) -> int:
@@ -113,6 +153,18 @@ class ModestConfig:
     @property
     def stall_after(self) -> float:
         return self.stall_timeout if self.stall_timeout is not None else 12 * self.ping_timeout
+
+    @property
+    def window(self) -> int:
+        return self.round_window if self.round_window is not None else self.inactivity_threshold
+
+
+def ids_like(me: PeerId) -> IdCheck:
+    """The id check of a network whose ids look like ``me``: ints (the simulator) or
+    strings (other transports; libp2p peers pass a stricter check)."""
+    if isinstance(me, int):
+        return lambda p: type(p) is int and 0 <= p < MAX_PEER_ID_INT
+    return lambda p: isinstance(p, str) and 0 < len(p.encode()) <= MAX_PEER_ID_BYTES
 
 
 # ---- views -------------------------------------------------------------------------
@@ -184,11 +236,13 @@ class ModestCore:
         joining: bool = False,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
+        valid_id: IdCheck | None = None,
     ) -> None:
         self.me = me
         self.config = config
         self.signer = signer
         self.verifier = verifier
+        self.valid_id = valid_id or ids_like(me)
         #: Messages or records ignored, by reason (read by drivers for their metrics).
         self.rejected: Counter[str] = Counter()
         self.params = params
@@ -196,9 +250,19 @@ class ModestCore:
         self.joining = joining
         self.view: dict[PeerId, Activity] = {}
         self.pending: dict[PeerId, Activity] = {}
+        #: Peer -> last round it was heard of first-hand or by configuration (-1: only
+        #: relayed); eviction keeps the most recently heard.
+        self._heard: dict[PeerId, int] = {}
+        #: Peer -> the relaying peer that introduced it, and how many each introduced.
+        self._source: dict[PeerId, PeerId] = {}
+        self._quota: Counter[PeerId] = Counter()
         self._seen = 0  # highest last_active ever in the view
-        for peer, record in view.items():
+        for peer, record in view.items():  # given by configuration: trusted
+            if peer != me and not self.valid_id(peer):
+                self.rejected["BadPeerId"] += 1
+                continue
             self._set(peer, record)
+            self._heard[peer] = record.last_active
         own = self.view.get(me, Activity(self._seen if joining else 0))
         self._set(me, own)
         self.train_round = 0  # sample whose aggregated model we last adopted
@@ -220,6 +284,16 @@ class ModestCore:
     def round_estimate(self) -> int:
         """r̂ = max(train round, aggregation round, highest round seen in the view)."""
         return max(self.train_round, self.agg_round, self._seen)
+
+    @property
+    def round_limit(self) -> int:
+        """The highest round a message may carry: r̂ plus the window."""
+        return self.round_estimate + self.config.window
+
+    def is_member(self, peer: PeerId) -> bool:
+        """In the view (not only pending) and not left: its models and rounds count."""
+        record = self.view.get(peer)
+        return peer != self.me and record is not None and record.status == Membership.JOIN
 
     def candidates(self, k: int) -> list[PeerId]:
         """Peers that may be sampled in round ``k``: not left, recently active, and self."""
@@ -255,6 +329,7 @@ class ModestCore:
         if record is not None and peer != self.me:
             active = max(record.last_active, self.round_estimate, round_)
             self._set(peer, dataclasses.replace(record, last_active=active))
+            self._heard[peer] = active
 
     def _flush_pending(self) -> None:
         pending, self.pending = self.pending, {}
@@ -268,6 +343,13 @@ class ModestCore:
     def handle(self, now: float, event: AnyEvent) -> list[AnyEffect]:
         if self.left:
             return []
+        effects = self._handle(event)
+        if not self.finished and self._done():
+            self.finished = True
+            effects.append(Finished())
+        return effects
+
+    def _handle(self, event: AnyEvent) -> list[AnyEffect]:
         match event:
             case Start():
                 return self._start()
@@ -289,18 +371,34 @@ class ModestCore:
                 return self._receive(sender, message)
         return []
 
+    def _done(self) -> bool:
+        """The run is over for us and we owe nothing: no training, lookup or aggregation
+        in progress, and we trained the last round, or learnt that r̂ passed it."""
+        rounds = self.config.rounds
+        if self.training or self._pings or (self.buffer and not self.aggregated):
+            return False
+        return self.round_estimate > rounds or (self.train_round >= rounds and self.trained)
+
     def _receive(self, sender: PeerId, message: Message) -> list[AnyEffect]:
+        round_ = getattr(message, "round", 0)
+        if sender == self.me or not self.valid_id(sender):
+            self.rejected["BadPeerId"] += 1
+            return []
+        if round_ > self.round_limit:
+            self.rejected["RoundTooFar"] += 1  # nobody can sample us that far ahead
+            return []
         match message:
-            case Ping(round=round_, nonce=nonce):
-                self._refresh(sender, round_)
+            case Ping(nonce=nonce):
+                self._refresh(sender, round_)  # a stranger is answered but changes nothing
                 return [Send(sender, Pong(self.round_estimate, nonce))]
-            case Pong(round=round_, nonce=nonce):
+            case Pong(nonce=nonce):
                 self._refresh(sender, round_)
                 return self._ping_answered(nonce, sender)
-            case ModestModel(kind=kind, round=round_, params=params, samples=samples):
-                view = self._trusted(message.view)
-                merge_view(self.view, view, self.me)
-                self._seen = max([self._seen, *(a.last_active for a in view.values())])
+            case ModestModel(kind=kind, params=params, samples=samples):
+                if not self._admits(sender, message.view):
+                    self.rejected["NotMember"] += 1
+                    return []
+                self._merge(sender, message.view, max(self.round_estimate, round_))
                 self._refresh(sender, round_)
                 if kind == ModelKind.TRAINED:
                     return self._on_trained(sender, round_, params, samples)
@@ -339,41 +437,114 @@ class ModestCore:
 
     def _advert(self, sender: PeerId, advert: MembershipAdvert) -> None:
         known = [r.index for r in (self.view.get(sender), self.pending.get(sender)) if r]
-        if sender == self.me or advert.index <= max(known, default=-1):
+        if advert.index <= max(known, default=-1):
             return  # stale or repeated
         active = max(advert.round, self.round_estimate)
         record = Activity(active, advert.index, advert.status, advert.signature)
         if not self._signed_by(sender, record):
             self.rejected["BadSignature"] += 1
             return
+        if not known and not self._make_room(active):
+            return
+        self._heard[sender] = active  # its own word, first-hand
         if advert.status == Membership.JOIN:
             self.pending[sender] = record  # not a candidate before our next push
         else:
             self.pending.pop(sender, None)
             self._set(sender, record)
 
-    def _signed_by(self, peer: PeerId, record: Activity) -> bool:
+    def _signed_by(self, peer: PeerId, record: Activity, *, always: bool = False) -> bool:
         """True if ``record``'s membership change is ``peer``'s word (or needs none, or
-        this peer verifies nothing)."""
-        if self.verifier is None or not record.needs_signature:
+        this peer verifies nothing). ``always``: even the initial JOIN must be signed."""
+        if self.verifier is None or not (always or record.needs_signature):
             return True
         statement = membership_of(peer, record)
         return bool(record.signature) and self.verifier.verify(peer, statement, record.signature)
 
-    def _trusted(self, view: View) -> View:
-        """``view`` without records whose membership change is not signed by its peer.
-        Only changes newer than what we know are checked: the rest change nothing."""
-        if self.verifier is None:
-            return view
-        kept: dict[PeerId, Activity] = {}
-        for peer, record in view.items():
-            mine = self.view.get(peer) or self.pending.get(peer)
-            news = mine is None or (record.index, record.status) > (mine.index, mine.status)
-            if news and not self._signed_by(peer, record):
-                self.rejected["BadSignature"] += 1
+    def _admits(self, sender: PeerId, view: View) -> bool:
+        """Whether a model from ``sender`` counts: a member, or a newcomer whose own record
+        in its view is signed by it (a peer that joined through someone else)."""
+        if self.is_member(sender):
+            return True
+        own = view.get(sender)
+        if sender in self.view or own is None or own.status != Membership.JOIN:
+            return False  # it left, or says nothing of itself
+        return self._signed_by(sender, own, always=True)
+
+    def _merge(self, sender: PeerId, view: View, cap: int) -> None:
+        """Merge the view that ``sender`` sent: known peers are merged (a newer membership
+        change must be signed by its peer); unknown peers enter only with their own
+        signature, within the cap and ``sender``'s quota. No record may raise a
+        ``last_active`` above ``cap`` (r̂, or the message's round if later). At most
+        ``source_quota`` signatures are checked per message: each costs real time."""
+        checks = self.config.source_quota
+        for peer, theirs in view.items():
+            if peer == self.me:  # a peer is the authority on its own membership
+                self._seen = max(self._seen, min(theirs.last_active, cap))
                 continue
-            kept[peer] = record
-        return kept
+            if not self.valid_id(peer):
+                self.rejected["BadPeerId"] += 1
+                continue
+            if theirs.last_active > cap:
+                self.rejected["ActivityCapped"] += 1
+                theirs = dataclasses.replace(theirs, last_active=cap)
+            mine = self.view.get(peer) or self.pending.get(peer)
+            if mine is None and peer != sender and self._quota[sender] >= self.config.source_quota:
+                self.rejected["SourceQuota"] += 1
+                continue
+            news = mine is None or (theirs.index, theirs.status) > (mine.index, mine.status)
+            if news and self.verifier is not None and theirs.signature:
+                if checks == 0:
+                    self.rejected["TooManySignatures"] += 1
+                    continue
+                checks -= 1
+            if mine is None:
+                self._introduce(sender, peer, theirs)
+            elif news and not self._signed_by(peer, theirs):
+                self.rejected["BadSignature"] += 1
+            else:
+                current = self.view.get(peer)
+                self._set(peer, theirs if current is None else merge_activity(current, theirs))
+
+    def _introduce(self, sender: PeerId, peer: PeerId, record: Activity) -> None:
+        """A peer unknown to us, in ``sender``'s view (within ``sender``'s quota)."""
+        first_hand = peer == sender
+        if not self._signed_by(peer, record, always=True):
+            self.rejected["Unsigned" if not record.signature else "BadSignature"] += 1
+            return
+        heard = record.last_active if first_hand else -1
+        if not self._make_room(heard):
+            return
+        self._set(peer, record)
+        self._heard[peer] = heard
+        if not first_hand:
+            self._source[peer] = sender
+            self._quota[sender] += 1
+
+    def _make_room(self, heard: int) -> bool:
+        """Room for one more peer, heard of in round ``heard`` (-1: only relayed): evict
+        the left or least recently heard-of entry if the newcomer was heard of later."""
+        if len(self.view.keys() | self.pending.keys()) < self.config.view_cap:
+            return True
+        victim = min(
+            (p for p in self.view if p != self.me and p not in self.pending),
+            key=lambda p: (self.view[p].status == Membership.JOIN, self._heard.get(p, -1)),
+            default=None,
+        )
+        if victim is None or (
+            self.view[victim].status == Membership.JOIN and self._heard.get(victim, -1) >= heard
+        ):
+            self.rejected["ViewFull"] += 1
+            return False
+        self._forget(victim)
+        return True
+
+    def _forget(self, peer: PeerId) -> None:
+        del self.view[peer]
+        self._heard.pop(peer, None)
+        source = self._source.pop(peer, None)
+        if source is not None:
+            self._quota[source] -= 1
 
     # ---- training ----------------------------------------------------------------------
 

@@ -158,6 +158,11 @@ def public_key_of_peer_id(peer_id: object) -> bytes | None:
     return raw[len(_ED25519_ID_PREFIX) :]
 
 
+def is_peer_id(value: object) -> bool:
+    """True for a base58 libp2p peer id holding an Ed25519 key (what our peers use)."""
+    return public_key_of_peer_id(value) is not None
+
+
 class PeerIdVerifier:
     """Verifies with the key that the origin's libp2p peer id encodes."""
 
