@@ -29,6 +29,7 @@ from gossiplearn.peer.peer import Peer
 from gossiplearn.peer.scenario import TimelineFollower
 from gossiplearn.timeline import Step
 from gossiplearn.transport.base import Transport
+from gossiplearn.transport.discovery import NetworkServices
 
 
 @dataclass
@@ -57,6 +58,8 @@ class PeerOptions:
     timeline: list[Step] = field(default_factory=list)
     roster: list[str] = field(default_factory=list)
     clock_origin: float = field(default_factory=time.time)
+    #: Discovery and NAT traversal (--network, --mdns, --relay, --relay-service).
+    services: NetworkServices | None = None
 
 
 def parse_partition_index(text: str) -> tuple[int, int]:
@@ -97,6 +100,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         bootstrap=options.bootstrap,
         identity=options.identity,
         state_dir=options.state_dir,
+        services=options.services,
     )
 
 
@@ -172,6 +176,8 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             "bytes_out": status.bytes_out,
             "messages_out": status.messages_out,
             "rejected": status.rejected,
+            "network": status.network,
+            "discovered": status.discovered,
             "wall_seconds": round(time.monotonic() - started, 3),
         }
         (options.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
