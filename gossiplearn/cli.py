@@ -370,7 +370,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 _PEER_ONLY = {"listen", "bootstrap", "identity", "state_dir", "out", "partition_index",
               "log_level", "log_format", "metrics_port", "metrics_address", "dataset",
               "data_dir", "partition", "model", "shared_init", "threads", "handler",
-              "command", "announce", "linger"}  # fmt: skip
+              "command", "announce", "linger", "network", "mdns", "relay_service",
+              "relay"}  # fmt: skip
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
@@ -456,7 +457,55 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
     """PeerOptions given by the peer's own flags: addresses, files, metrics endpoint."""
     names = ("listen", "bootstrap", "identity", "state_dir", "out", "metrics_port",
              "metrics_address")  # fmt: skip
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in names} | {"services": _services(args)}
+
+
+def _services(args: argparse.Namespace) -> Any:
+    """The discovery and NAT-traversal services the peer's flags ask for (None: none).
+
+    AutoNAT and DCUtR come with any of them; a peer with none of these flags runs as
+    before (bootstrap peers and peer exchange only)."""
+    from gossiplearn.transport.discovery import (
+        NetworkServices,
+        check_network_name,
+        check_relay_address,
+    )
+
+    relays = tuple(check_relay_address(a, "--relay") for a in args.relay or ())
+    if args.network is not None:
+        check_network_name(args.network, "--network")
+    if args.network is None and not (args.mdns or args.relay_service or relays):
+        return None
+    return NetworkServices(
+        network=args.network, mdns=bool(args.mdns), relay_service=bool(args.relay_service),
+        relays=relays,
+    )  # fmt: skip
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gossiplearn.logs import setup_logging
+    from gossiplearn.peer.relay import run_relay
+    from gossiplearn.transport.discovery import RelayLimits
+
+    setup_logging(args.log_level, args.log_format)
+    for flag, value in (
+        ("--max-reservations", args.max_reservations),
+        ("--max-circuits", args.max_circuits),
+        ("--circuit-seconds", args.circuit_seconds),
+        ("--circuit-mb", args.circuit_mb),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}")
+    limits = RelayLimits(
+        reservations=args.max_reservations,
+        circuits=args.max_circuits,
+        circuit_seconds=args.circuit_seconds,
+        circuit_bytes=int(args.circuit_mb * 2**20),
+    )
+    listen = args.listen or ["/ip4/0.0.0.0/tcp/4001"]
+    return asyncio.run(run_relay(listen, args.identity, limits=limits, mdns=args.mdns))
 
 
 _SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
@@ -548,6 +597,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer to join through (repeatable), e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3...",
     )
     add("--identity", type=Path, help="identity key file (gossiplearn keygen); default: new")
+    add(
+        "--network",
+        metavar="NAME",
+        help="join the named network: announce it on the Kad-DHT and dial the other peers "
+        "announcing it (NAME: 1-64 of a-z 0-9 -)",
+    )
+    add("--mdns", action="store_true", help="find peers on the local network with mDNS")
+    add(
+        "--relay-service",
+        action="store_true",
+        help="also relay (circuit relay v2, bounded) for peers behind NAT",
+    )
+    add(
+        "--relay",
+        action="append",
+        metavar="MULTIADDR",
+        help="hold a reservation on this relay (ending in /p2p/<relay id>) to be reachable "
+        "behind NAT at <relay>/p2p-circuit/p2p/<own id> (repeatable)",
+    )
     add("--state-dir", type=Path, help="checkpoint here every round; resume from it on start")
     add("--out", type=Path, help="write metrics.jsonl and summary.json here")
     add("--partition-index", default="0/1", help="this peer's data slice i/N (default 0/1)")
@@ -624,6 +692,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--epochs", type=int, default=5, help="passes over the held-out rows (default 5)")
     pre.set_defaults(handler=cmd_pretrain)
+
+    relay = commands.add_parser(
+        "relay", help="a relay and DHT bootstrap node for peers behind NAT (trains nothing)"
+    )
+    add = relay.add_argument
+    add(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="multiaddr to listen on (repeatable; default /ip4/0.0.0.0/tcp/4001)",
+    )
+    add("--identity", type=Path, help="identity key file (gossiplearn keygen); default: new")
+    add("--mdns", action="store_true", help="also announce this node with mDNS")
+    add("--max-reservations", type=int, default=32, help="peers holding a slot at once (32)")
+    add("--max-circuits", type=int, default=32, help="relayed connections open at once (32)")
+    add("--circuit-seconds", type=int, default=600, help="longest relayed connection (600 s)")
+    add("--circuit-mb", type=float, default=256.0, help="MiB one relayed connection carries (256)")
+    add("--log-level", default="warning", help="debug, info, warning (default), error")
+    add("--log-format", choices=["text", "json"], default="text", help="log line format")
+    relay.set_defaults(handler=cmd_relay)
 
     keygen = commands.add_parser("keygen", help="create a persistent peer identity")
     keygen.add_argument("file", type=Path, metavar="FILE")

@@ -83,9 +83,22 @@ from gossiplearn.transport.base import (
     Transport,
     TransportError,
 )
+from gossiplearn.transport.discovery import NetworkServices
 from gossiplearn.types import PeerId
 
 log = logging.getLogger("gossiplearn.peer")
+
+#: A bootstrap peer is redialled all run long; pauses double up to this many seconds.
+BOOTSTRAP_MAX_DELAY = 30.0
+#: Failed bootstrap dials are warnings for the first few, then one in this many.
+BOOTSTRAP_LOUD_TRIES = 3
+BOOTSTRAP_LOUD_EVERY = 10
+#: Seconds between takes of what the transport's discovery found.
+DISCOVERY_POLL = 1.0
+#: Address-book source of peers found by discovery: "discovery:dht", "discovery:mdns".
+DISCOVERY_SOURCE = "discovery:"
+#: Addresses of one peer tried per dial, beyond the first.
+MAX_DIAL_ADDRESSES = 8
 
 #: Events a Peer reports to listeners registered with :meth:`Peer.on`.
 EVENTS = ("round", "merged", "peer_joined", "peer_left", "rejected", "sent")
@@ -113,6 +126,19 @@ class PeerStatus:
     candidates: list[str] = field(default_factory=list)
     #: Dials to peers from the address book, by outcome: ok, failed, timeout.
     dials: dict[str, int] = field(default_factory=dict)
+    #: Discovery and NAT traversal (libp2p with NetworkServices): reachability (AutoNAT:
+    #: public, private, unknown), relay reservations, connection kinds (direct, relayed),
+    #: DHT routing-table size, DCUtR upgrades, relayed_bytes_in / relayed_bytes_out.
+    network: dict[str, Any] = field(default_factory=dict)
+    #: Peers found by discovery (DHT provider lookups, mDNS), by source.
+    discovered: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def relayed_bytes(self) -> int:
+        """Bytes (both ways, with encryption overhead) over relayed connections."""
+        return int(
+            self.network.get("relayed_bytes_in", 0) + self.network.get("relayed_bytes_out", 0)
+        )
 
 
 class Peer:
@@ -136,6 +162,7 @@ class Peer:
         identity: Path | None = None,
         state_dir: Path | None = None,
         announce: Sequence[str] = (),
+        services: NetworkServices | None = None,
         sybil_transports: Sequence[Transport] | None = None,
     ) -> None:
         self.config = config or PeerConfig()
@@ -148,7 +175,7 @@ class Peer:
                 for _ in range(sybils)
             ]
         self.transport = transport or _libp2p_transport(
-            listen, identity, max_frame, rate, announce, self.config.open_timeout
+            listen, identity, max_frame, rate, announce, self.config.open_timeout, services
         )
         #: An attacker's other identities (``config.sybils``): they send what it sends.
         self.sybils = SybilIdentities(sybil_transports, self.config.send_timeout)
@@ -184,6 +211,8 @@ class Peer:
         self.candidates: dict[str, str] = {}
         self._dialling: dict[str, str] = {}
         self.dials: Counter[str] = Counter()
+        #: Peers found by the transport's discovery services, by source (dht, mdns).
+        self.discovered: Counter[str] = Counter()
         push_one = self.config.push == "one"  # a neighbour sends us one round in N
         self.usefulness = Usefulness(GRACE_ROUNDS * (self.config.neighbours if push_one else 1))
         self.accuracy: float | None = None
@@ -257,6 +286,8 @@ class Peer:
         self._running = True
         for address in self.bootstrap:
             self._spawn(self._dial_with_backoff(address))
+        if hasattr(self.transport, "discovered"):
+            self._spawn(self._discovery_loop())
         self._spawn(self._exchange_loop())
         self._spawn(self._start_when_connected())
 
@@ -308,7 +339,13 @@ class Peer:
             finished=self._finished.is_set() and self.failure is None,
             candidates=list(self.candidates),
             dials=dict(self.dials),
+            network=self._network_status(),
+            discovered=dict(self.discovered),
         )
+
+    def _network_status(self) -> dict[str, Any]:
+        network_status = getattr(self.transport, "network_status", None)
+        return dict(network_status()) if network_status is not None else {}
 
     def _rejected_counts(self) -> dict[str, int]:
         """Rejections by reason: by the decoder here, by the core (replays, bad
@@ -676,13 +713,23 @@ class Peer:
         await asyncio.gather(*(bye(peer) for peer in self.neighbours))
 
     async def _dial_with_backoff(self, address: str) -> None:
+        """Dial a bootstrap peer for the whole run: at start, and again (with backoff)
+        whenever this peer has fewer neighbours than its minimum (at least one), so a peer
+        whose bootstrap peer was down finds the network when it comes back."""
         delay = 0.5
         attempt = 1
+        joined = False
         while self._running:
+            if joined and not self._wants_neighbours():
+                await asyncio.sleep(self.config.exchange_interval)
+                continue
             try:
                 peer = await self.transport.connect(address)
             except TransportError as error:
-                log.warning(
+                # loud for the first tries, then only now and then: it retries all run long
+                quiet = attempt > BOOTSTRAP_LOUD_TRIES and attempt % BOOTSTRAP_LOUD_EVERY
+                log.log(
+                    logging.INFO if quiet else logging.WARNING,
                     "bootstrap %s unreachable (attempt %d): %s; retrying in %.1f s",
                     address,
                     attempt,
@@ -690,12 +737,43 @@ class Peer:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay, attempt = min(delay * 2, 30.0), attempt + 1
+                delay, attempt = min(delay * 2, BOOTSTRAP_MAX_DELAY), attempt + 1
                 continue
             assert self.book is not None
             self.book.add(peer, [address])
-            self._add_neighbour(peer)
+            self.book.reached(peer)
+            if not joined:
+                self._add_neighbour(peer)
+            elif peer not in self.neighbours and peer not in self.candidates:
+                log.info("re-joined through bootstrap %s", address)
+                self._on_dialled(peer, FIRST_HAND)
+            joined = True
+            delay, attempt = 0.5, 1
+            await asyncio.sleep(self.config.exchange_interval)
+
+    def _wants_neighbours(self) -> bool:
+        """Fewer live neighbours (and candidates) than the minimum, at least one."""
+        have = len(self.neighbours) + len(self.candidates)
+        return have < max(1, self.config.min_neighbours)
+
+    async def _discovery_loop(self) -> None:
+        """Take the peers the transport's discovery found (DHT providers of the network's
+        key, mDNS) into the address book, as hearsay of that source (bounded by its
+        quota, forgotten if they cannot be reached), and dial while below target."""
+        discovered = getattr(self.transport, "discovered", None)
+        if discovered is None:
             return
+        while self._running:
+            await asyncio.sleep(DISCOVERY_POLL)
+            assert self.book is not None
+            for peer, addresses, source in discovered():
+                if peer in self.blocked:
+                    continue
+                if self.book.add(peer, addresses, source=f"{DISCOVERY_SOURCE}{source}"):
+                    self.discovered[source] += 1
+                    log.info("found %s via %s", peer, source)
+            if len(self.neighbours) + len(self.candidates) < self.config.neighbours:
+                self._dial_more()
 
     async def _exchange_loop(self) -> None:
         """Tell neighbours of useful peers; drop silent ones; dial while below target."""
@@ -761,23 +839,39 @@ class Peer:
             self._spawn(self._dial_known(peer, self.book.addresses(peer)[0]))
 
     async def _dial_known(self, peer: str, address: str) -> None:
+        """Dial ``peer`` at ``address``, then at its other known addresses, then through
+        the relays the transport knows (a peer behind NAT may hold a slot there)."""
         assert self.book is not None
         source = self._dialling.get(peer, FIRST_HAND)
+        addresses = [address, *(a for a in self.book.addresses(peer) if a != address)]
+        relay_routes = getattr(self.transport, "relay_routes", None)
+        if relay_routes is not None:
+            addresses += [a for a in relay_routes(peer) if a not in addresses]
+        reached = None
         try:
-            async with asyncio.timeout(min(self.config.send_timeout, DIAL_TIMEOUT)):
-                reached = await self.transport.connect(address)
-        except (TransportError, TimeoutError) as error:
-            self.dials["timeout" if isinstance(error, TimeoutError) else "failed"] += 1
-            log.info("cannot reach %s at %s: %s", peer, address, error)
-            self.book.failed(peer)
-            return
+            for attempt in addresses[: MAX_DIAL_ADDRESSES + 1]:
+                try:
+                    async with asyncio.timeout(min(self.config.send_timeout, DIAL_TIMEOUT)):
+                        reached = await self.transport.connect(attempt)
+                    break
+                except (TransportError, TimeoutError) as error:
+                    self.dials["timeout" if isinstance(error, TimeoutError) else "failed"] += 1
+                    log.info("cannot reach %s at %s: %s", peer, attempt, error)
         finally:
             self._dialling.pop(peer, None)
+        if reached is None:
+            self.book.failed(peer)
+            return
         self.dials["ok"] += 1
         if reached != peer:  # the address leads elsewhere: a stale or false entry
             self.book.failed(peer)
             return
         self.book.reached(peer)
+        self._on_dialled(peer, source)
+
+    def _on_dialled(self, peer: str, source: str) -> None:
+        """A dial reached ``peer``: a neighbour at once (modest), or a candidate on
+        probation that gets our model first (gossip)."""
         if not self._probation:
             self._add_neighbour(peer)
         elif peer not in self.neighbours:
@@ -879,6 +973,7 @@ def _libp2p_transport(
     bytes_per_second: float,
     announce: Sequence[str] = (),
     open_timeout: float = 5.0,
+    services: NetworkServices | None = None,
 ) -> Transport:
     from gossiplearn.transport.libp2p import Libp2pTransport  # heavy: imported on demand
 
@@ -889,4 +984,5 @@ def _libp2p_transport(
         open_timeout=open_timeout,
         max_frame_bytes=max_frame_bytes,
         max_bytes_per_peer_per_second=bytes_per_second,
+        services=services,
     )

@@ -30,6 +30,7 @@ from gossiplearn.peer.peer import Peer
 from gossiplearn.peer.scenario import TimelineFollower
 from gossiplearn.timeline import Step
 from gossiplearn.transport.base import Transport
+from gossiplearn.transport.discovery import NetworkServices
 
 
 @dataclass
@@ -63,6 +64,8 @@ class PeerOptions:
     #: After the last round, stay online this many seconds at most, answering neighbours'
     #: models with the final one (ends early once no neighbour is left).
     linger: float = 0.0
+    #: Discovery and NAT traversal (--network, --mdns, --relay, --relay-service).
+    services: NetworkServices | None = None
 
 
 def parse_partition_index(text: str) -> tuple[int, int]:
@@ -104,6 +107,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         identity=options.identity,
         state_dir=options.state_dir,
         announce=options.announce,
+        services=options.services,
     )
 
 
@@ -181,6 +185,8 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             "bytes_out": status.bytes_out,
             "messages_out": status.messages_out,
             "rejected": status.rejected,
+            "network": status.network,
+            "discovered": status.discovered,
             "wall_seconds": round(time.monotonic() - started, 3),
         }
         (options.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

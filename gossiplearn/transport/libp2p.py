@@ -65,6 +65,7 @@ from gossiplearn.protocols.signing import CallableSigner
 from gossiplearn.transport._dial_errors import classify
 from gossiplearn.transport._handlers import HandlerTasks
 from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
+from gossiplearn.transport.discovery import NetworkServices
 from gossiplearn.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameError,
@@ -75,6 +76,7 @@ from gossiplearn.transport.framing import (
     new_hasher,
     pack_header,
 )
+from gossiplearn.transport.libp2p_discovery import HostServices, is_circuit_address
 from gossiplearn.transport.limits import (
     DEFAULT_DEADLINE_FLOOR,
     DEFAULT_EVICTION_GRACE,
@@ -324,6 +326,7 @@ class Libp2pTransport:
         min_inbound_bytes_per_second: float = DEFAULT_MIN_BYTES_PER_SECOND,
         frame_deadline_floor: float = DEFAULT_DEADLINE_FLOOR,
         eviction_grace: float = DEFAULT_EVICTION_GRACE,
+        services: NetworkServices | None = None,
     ) -> None:
         if identity is not None and key_pair is not None:
             raise ConfigError("give either an identity file or a key_pair, not both")
@@ -391,6 +394,9 @@ class Libp2pTransport:
         self._stop_requested: trio.Event | None = None
         self._listening = False  # set in the trio thread once the host listens
         self._running = False
+        #: Discovery and NAT traversal (DHT, mDNS, relay, AutoNAT, DCUtR), if asked for.
+        self.services = services
+        self._services: HostServices | None = None
 
     # ---- the Transport interface -------------------------------------------------------------
 
@@ -403,8 +409,11 @@ class Libp2pTransport:
     def addresses(self) -> list[str]:
         """The addresses others should dial, each ending in ``/p2p/<peer id>``: the
         ``announce`` addresses if given, else the listening ones, wildcards expanded to
-        this machine's usable addresses (empty until started)."""
-        return list(self._announce or self._addresses)
+        this machine's usable addresses (empty until started); then our relayed addresses
+        through relays that hold a reservation for us."""
+        services = self._services
+        relayed = services.circuit_addresses() if services is not None else []
+        return [*(self._announce or self._addresses), *relayed]
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
         """Deliver inbound messages on ``protocol`` to ``handler``."""
@@ -488,6 +497,35 @@ class Libp2pTransport:
             return []
         connections = list(host.get_network().connections.items())
         return sorted(peer.to_base58() for peer, conns in connections if conns)
+
+    def discovered(self) -> list[tuple[str, list[str], str]]:
+        """Peers found by the DHT or mDNS since the last call: (peer id, addresses,
+        source); empty without discovery services."""
+        services = self._services
+        return services.drain_found() if services is not None else []
+
+    def network_status(self) -> dict[str, Any]:
+        """Reachability (AutoNAT), relay reservations, connection kinds (direct or
+        relayed) and bytes over relayed connections; empty without the services."""
+        services = self._services
+        if services is None:
+            return {}
+        snapshot = services.snapshot
+        return {
+            "reachability": snapshot.reachability,
+            "reservations": dict(snapshot.reservations),
+            "connections": dict(snapshot.connections),
+            "dht_peers": snapshot.dht_peers,
+            "upgraded": list(snapshot.upgraded),
+            "relaying": snapshot.relaying,
+            "relayed_bytes_in": services.counts["relayed_bytes_in"],
+            "relayed_bytes_out": services.counts["relayed_bytes_out"],
+        }
+
+    def relay_routes(self, peer: str) -> list[str]:
+        """Addresses of ``peer`` through the relays we know (it may hold a slot there)."""
+        services = self._services
+        return services.relay_routes(peer) if services is not None else []
 
     # ---- the asyncio side of the bridge ----------------------------------------------------
 
@@ -616,6 +654,9 @@ class Libp2pTransport:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.services is not None:
+                        self._services = HostServices(host, self.services)
+                        await nursery.start(self._services.run)
                     self._listening = True
                     assert self._ready is not None
                     self._settle(self._ready, _advertised(host), None)
@@ -690,6 +731,8 @@ class Libp2pTransport:
         self._host.set_stream_handler(TProtocol(protocol), handle)
 
     async def _trio_connect(self, address: str) -> str:
+        if self._services is not None and is_circuit_address(address):
+            return await self._services.dial_circuit(address)
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
         except Exception as error:
@@ -716,6 +759,8 @@ class Libp2pTransport:
         except Exception as error:
             raise TransportError(f"cannot connect to {address}: {_explain(error)}") from error
         host.get_peerstore().add_addrs(info.peer_id, info.addrs, 0)  # 0: keep them
+        if self._services is not None:
+            self._services.note_connected(address)
         return info.peer_id.to_base58()
 
     async def _trio_send(self, peer: str, protocol: str, payload: bytes) -> None:
