@@ -92,15 +92,17 @@ def test_flooding_peer_is_throttled_and_honest_peers_keep_merging() -> None:
     assert outcome["refused"] > FLOOD_MESSAGES // 2, outcome  # most never buffered
     assert result["peak_mb"] - result["baseline_mb"] < RSS_GROWTH_LIMIT_MB, result
     assert result["merges_during_flood"] >= 3, result
-    # Each delivered garbage message is rejected by the decoder (a failed send may or may
-    # not have arrived).
+    # Each delivered garbage message is rejected: by the decoder until the flooder is
+    # quarantined (3 in a row), then unread (a failed send may or may not have arrived).
     malformed = rejected.get("MalformedMessage", 0)
-    assert outcome["delivered"] <= malformed <= outcome["delivered"] + outcome["failed"]
+    dropped = malformed + rejected.get("Quarantined", 0)
+    assert outcome["delivered"] <= dropped <= outcome["delivered"] + outcome["failed"]
+    assert malformed >= 3 and rejected.get("Quarantined", 0) >= 1
     refused = [r for r in ("TooManyStreams", "RateLimited") if rejected.get(r)]
     assert refused, rejected
     assert result["neighbours_are_the_honest_peers"]  # not the flooder
     # Operators see it: rejections by reason, and the usual counters, on /metrics.
-    for reason in ("MalformedMessage", *refused):
+    for reason in ("MalformedMessage", "Quarantined", *refused):
         assert f'gossiplearn_messages_rejected_total{{reason="{reason}"}}' in metrics
     for name in ("round", "neighbours 2.0", "bytes_in_total", "transfer_seconds_count"):
         assert f"gossiplearn_{name}" in metrics
