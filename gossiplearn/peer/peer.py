@@ -605,8 +605,11 @@ class Peer:
             if peer in self.blocked:
                 continue
             protocol, payload = await self._probe_payload()
+            # A probe is small and only asks "are you there": a short deadline, so that a
+            # send caught by a partition does not hold the next try back after the heal.
+            deadline = min(self.config.send_timeout, max(5.0, 2 * self.config.open_timeout))
             try:
-                async with asyncio.timeout(self.config.send_timeout):
+                async with asyncio.timeout(deadline):
                     await self.transport.send(peer, protocol, payload)
             except ReceiverBusy:
                 pass  # alive: it answered
