@@ -7,6 +7,7 @@ bounded in time; plus the CLI's refusals of bad discovery flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -135,10 +136,19 @@ async def test_two_peers_exchange_models_through_a_relay_circuit() -> None:
             while a.status().messages_in < 2 or b.status().messages_in < 2:
                 await asyncio.sleep(0.2)
         seconds = time.monotonic() - lab.started
-        for peer in (a, b):
-            network = peer.status().network
-            assert network["connections"].get(a.peer_id if peer is b else b.peer_id) == "relayed"
-            assert peer.status().relayed_bytes > 0
+
+        def kinds() -> list[str | None]:  # the network status is refreshed once a second
+            return [
+                peer.status().network["connections"].get(other.peer_id)
+                for peer, other in ((a, b), (b, a))
+            ]
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while kinds() != ["relayed", "relayed"]:
+                    await asyncio.sleep(0.2)
+        assert kinds() == ["relayed", "relayed"]
+        assert a.status().relayed_bytes > 0 and b.status().relayed_bytes > 0
         sent = a.status().bytes_out + b.status().bytes_out
         relayed = b.status().relayed_bytes
         print(
