@@ -521,7 +521,7 @@ def _scenario_role(args: argparse.Namespace) -> Any:
     from gossiplearn.peer.config import PeerConfig
     from gossiplearn.peer.scenario import own_steps, peer_config, read_roster
     from gossiplearn.peer.standalone import PeerOptions
-    from gossiplearn.scenarios.run import planned_attackers
+    from gossiplearn.plan import planned_attackers
 
     if args.attack is not None:
         raise ConfigError("--attack: a scenario's peer attacks if the scenario says so")

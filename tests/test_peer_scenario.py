@@ -19,7 +19,7 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.peer import Peer
 from gossiplearn.peer.scenario import TimelineFollower, own_steps, peer_config
-from gossiplearn.scenarios.run import planned_attackers, planned_shard
+from gossiplearn.plan import planned_attackers, planned_shard
 from gossiplearn.transport.memory import InMemoryNetwork, memory_address
 
 DATA = load_dataset("digits")

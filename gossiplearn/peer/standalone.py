@@ -85,7 +85,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     seed = options.config.seed
     data = load_dataset(options.dataset, options.data_dir, seed=seed)
     if options.scenario is not None:
-        from gossiplearn.scenarios.run import planned_shard  # the simulator's, imported late
+        from gossiplearn.plan import planned_shard
 
         rows, init_seed = planned_shard(options.scenario, data.train_y, options.index)
     else:

@@ -22,6 +22,13 @@ import torch
 
 from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
 from gossiplearn.attacks import Attack
+from gossiplearn.attacks.adversary import (
+    Adversary,
+    attack_measures,
+    plan_adversary,
+    poison_learners,
+    success_meter,
+)
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
@@ -32,6 +39,7 @@ from gossiplearn.learning.partition import partition
 from gossiplearn.learning.pool import SequentialPool, deferring
 from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
 from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.plan import Streams
 from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, pick_validation
 from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore, metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
@@ -42,13 +50,6 @@ from gossiplearn.protocols.modest import ModestConfig, ModestCore
 from gossiplearn.protocols.modest_messages import Activity
 from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
-from gossiplearn.scenarios.adversary import (
-    Adversary,
-    attack_measures,
-    plan_adversary,
-    poison_learners,
-    success_meter,
-)
 from gossiplearn.scenarios.keys import attacker_core, run_keys
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
 from gossiplearn.scenarios.recorder import MetricsLine, RoundRecorder
@@ -68,42 +69,8 @@ class RunResult:
     training_jobs: dict[PeerId, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Streams:
-    """Independent random streams, all derived from the run's seed."""
-
-    topology_seed: int
-    partition: np.random.Generator
-    network: np.random.Generator
-    cores: list[np.random.Generator]
-    batch_seeds: list[int]
-    init_seeds: list[int]
-    eval_subset: np.random.Generator
-    churn: np.random.Generator
-    adversary: np.random.Generator
-    loss: np.random.Generator
-
-    @classmethod
-    def from_seed(cls, seed: int, peers: int) -> _Streams:
-        # Children keep their values when more are spawned: add new streams at the end.
-        streams = np.random.SeedSequence(seed).spawn(10)
-        topo, part, net, cores, batches, inits, evals, churn, adversary, loss = streams
-        return cls(
-            topology_seed=int(topo.generate_state(1)[0]),
-            partition=np.random.default_rng(part),
-            network=np.random.default_rng(net),
-            cores=[np.random.default_rng(s) for s in cores.spawn(peers)],
-            batch_seeds=[int(s) for s in batches.generate_state(peers)],
-            init_seeds=[int(s) for s in inits.generate_state(peers)],
-            eval_subset=np.random.default_rng(evals),
-            churn=np.random.default_rng(churn),
-            adversary=np.random.default_rng(adversary),
-            loss=np.random.default_rng(loss),
-        )
-
-
 def _learners(
-    config: RunConfig, data: Dataset, streams: _Streams, transfer: Transfer | None = None
+    config: RunConfig, data: Dataset, streams: Streams, transfer: Transfer | None = None
 ) -> list[Learner]:
     peers = config.peers + config.joining_peers()
     shards = partition(data.train_y, config.partition, peers, streams.partition)
@@ -136,7 +103,7 @@ def _local_steps(config: RunConfig, learner: Learner) -> int:
 
 
 def _cores(
-    config: RunConfig, graph: nx.Graph, learners: list[Learner], streams: _Streams
+    config: RunConfig, graph: nx.Graph, learners: list[Learner], streams: Streams
 ) -> dict[PeerId, Core | AnyCore]:
     """The cores of the initial peers (ids 0..peers-1; FedAvg adds its server)."""
     cores: dict[PeerId, Core | AnyCore] = {}
@@ -276,7 +243,7 @@ def _rebuilder(
     config: RunConfig,
     graph: nx.Graph,
     learners: list[Learner],
-    streams: _Streams,
+    streams: Streams,
     cores: dict[PeerId, Core | AnyCore],
 ) -> Rebuilder:
     """How a peer joins or recovers. MoDeST copies the view of a random live peer (then
@@ -335,7 +302,7 @@ def _arm(
     adversary: Adversary,
     graph: nx.Graph,
     learners: list[Learner],
-    streams: _Streams,
+    streams: Streams,
     cores: dict[PeerId, Core | AnyCore],
 ) -> None:
     """Turn the attackers' cores into attackers, and give each Sybil identity a core.
@@ -376,7 +343,7 @@ def _keep_own(own: Params, received: Sequence[Params]) -> Params:
 
 
 def _evaluator(
-    config: RunConfig, data: Dataset, streams: _Streams, transfer: Transfer | None = None
+    config: RunConfig, data: Dataset, streams: Streams, transfer: Transfer | None = None
 ) -> Evaluator:
     x, y = data.test_x, data.test_y
     if config.eval_samples is not None and config.eval_samples < len(y):
@@ -412,7 +379,7 @@ def simulate(
     # anything is sized by the number of peers.
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     _check_fits(total, data)
-    streams = _Streams.from_seed(config.seed, total)
+    streams = Streams.from_seed(config.seed, total)
     transfer = _transfer(config, data)
     if transfer is not None:  # peers never get the rows the extractor was trained on
         data = transfer.peer_data
@@ -518,23 +485,3 @@ def write_run(result: RunResult, out: Path) -> None:
     write_summary(out, result.summary)
     write_metrics(out, result.metrics)
     plot_accuracy(out, [("", result.metrics)], run_title(result.summary["config"]))
-
-
-def planned_attackers(config: RunConfig) -> list[int]:
-    """The attackers :func:`simulate` picks for ``config``: a real peer of the scenario
-    derives whether it attacks the same way (with ``sybils``, it holds that many keys)."""
-    total = config.peers + config.joining_peers()
-    streams = _Streams.from_seed(config.seed, total)
-    graph = build_topology(config.topology, config.peers, streams.topology_seed)
-    adversary = plan_adversary(config, graph, streams.adversary, first_free_id=total)
-    return adversary.attackers if adversary else []
-
-
-def planned_shard(config: RunConfig, train_y: np.ndarray, index: int) -> tuple[np.ndarray, int]:
-    """Peer ``index``'s data shard (training-set rows) and initial-model seed, as in
-    :func:`simulate` (joining peers included)."""
-    total = config.peers + config.joining_peers()
-    streams = _Streams.from_seed(config.seed, total)
-    shards = partition(train_y, config.partition, total, streams.partition)
-    seed = streams.init_seeds[0 if config.shared_init else index]
-    return shards[index], seed

@@ -1,4 +1,4 @@
-"""Who attacks in a simulated run, with which identities, and how success is measured.
+"""Who attacks in a run, with which identities, and how success is measured.
 
 ``--attackers`` peers (chosen with a seeded stream) run the attack. With ``--sybils K``
 each attacker also controls K−1 extra identities; each one attaches to a cluster of
