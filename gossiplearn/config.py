@@ -27,6 +27,7 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import DATASETS
 from gossiplearn.learning.models import MODELS
 from gossiplearn.learning.partition import parse_partition
+from gossiplearn.protocols.bristle import BristleConfig
 from gossiplearn.protocols.gossip import GossipConfig
 from gossiplearn.protocols.modest import ModestConfig
 from gossiplearn.protocols.sybilwall import SybilWallConfig
@@ -108,6 +109,28 @@ class LearningConfig(BaseModel):
     max_message_mb: float = Field(64.0, gt=0)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_alias(cls, values: Any) -> Any:
+        """``protocol: sybilwall`` (or bristle) is the same run as ``aggregator: sybilwall``:
+        a protocol of the gossip family that merges with its own rule."""
+        if not isinstance(values, dict) or values.get("protocol") not in CORE_AGGREGATORS:
+            return values
+        name = values["protocol"]
+        if values.get("aggregator", name) not in (name, "vc"):
+            raise ValueError(
+                f"protocol {name!r} merges with its own rule: drop aggregator "
+                f"{values['aggregator']!r} (or set it to {name!r})"
+            )
+        return values | {"protocol": "gossip", "aggregator": name}
+
+    @property
+    def core_protocol(self) -> str:
+        """The name this config's cores are built under (gossiplearn.protocols.registry)."""
+        if self.aggregator in CORE_AGGREGATORS:
+            return self.aggregator
+        return str(getattr(self, "protocol", "gossip"))
+
     @field_validator("aggregator")
     @classmethod
     def _aggregator(cls, value: str) -> str:
@@ -181,6 +204,21 @@ class LearningConfig(BaseModel):
             samples=samples,
             lam=float(options.get("lam", 0.8)),
             max_records=int(options.get("max_records", 64)),
+        )
+
+    def bristle_config(self, rounds: int, local_steps: int, samples: int) -> BristleConfig:
+        """The Bristle core's settings (its options from aggregator_params)."""
+        options = self.aggregator_params
+        return BristleConfig(
+            rounds=rounds,
+            local_steps=local_steps,
+            merge_timeout=self.merge_timeout,
+            samples=samples,
+            alpha=float(options.get("alpha", 0.4)),
+            candidates=int(options.get("candidates", 10)),
+            overlap=int(options.get("overlap", 3)),
+            max_models=int(options.get("max_models", 20)),
+            center=bool(options.get("center", 1)),
         )
 
     def steps_per_round(self, steps_per_epoch: int) -> int:

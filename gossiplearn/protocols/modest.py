@@ -75,7 +75,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -122,6 +122,13 @@ SOURCE_QUOTA = 256
 
 #: Tells whether a value may be a peer id of this network.
 IdCheck = Callable[[object], bool]
+
+
+@runtime_checkable
+class SharesView(Protocol):
+    """A peer whose membership view a joining peer may copy."""
+
+    def view_snapshot(self) -> View: ...
 
 
 @dataclass(frozen=True)

@@ -40,15 +40,14 @@ from gossiplearn.learning.pool import SequentialPool, deferring
 from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
 from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.plan import Streams
-from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, pick_validation
-from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore, metropolis_hastings_weights
+from gossiplearn.protocols.dpsgd import metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgConfig, FedAvgServer
 from gossiplearn.protocols.gossip import GossipCore, Merge
 from gossiplearn.protocols.messages import spec_of
-from gossiplearn.protocols.modest import ModestConfig, ModestCore
+from gossiplearn.protocols.modest import SharesView, View
 from gossiplearn.protocols.modest_messages import Activity
-from gossiplearn.protocols.sybilwall import SybilWallCore
+from gossiplearn.protocols.registry import CoreSpec, build_core
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.scenarios.keys import attacker_core, run_keys
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
@@ -108,16 +107,6 @@ def _cores(
     """The cores of the initial peers (ids 0..peers-1; FedAvg adds its server)."""
     cores: dict[PeerId, Core | AnyCore] = {}
     initial = learners[: config.peers]
-    if config.protocol == "modest":
-        view: dict[PeerId, Activity] = dict.fromkeys(range(config.peers), Activity(0))
-        for i, learner in enumerate(initial):
-            modest = _modest_config(config, learner)
-            keys = run_keys(config.seed)  # signed membership changes
-            cores[i] = ModestCore(
-                i, modest, learner.params(), view, streams.cores[i],
-                signer=keys.signer(i), verifier=keys.verifier,
-            )  # fmt: skip
-        return cores
     if config.protocol == "fedavg":
         for i, learner in enumerate(initial):
             cores[i] = FedAvgClient(_local_steps(config, learner), learner.samples)
@@ -127,25 +116,15 @@ def _cores(
             fed, list(range(config.peers)), learners[0].params(), streams.cores[0]
         )
         return cores
-    if config.aggregator == "sybilwall":  # gossip with its own core (validated in config)
-        for i, learner in enumerate(initial):
-            neighbours = sorted(graph.neighbors(i))
-            cores[i] = _sybilwall_core(config, i, learner, neighbours, streams.cores[i])
-        return cores
-    if config.aggregator == "bristle":  # gossip with its own core (validated in config)
-        for i, learner in enumerate(initial):
-            neighbours = sorted(graph.neighbors(i))
-            cores[i] = _bristle_core(config, learner, neighbours, streams.cores[i])
-        return cores
-    merge = _merge_rule(config)
+    name = config.core_protocol
+    view: dict[PeerId, Activity] = dict.fromkeys(range(config.peers), Activity(0))
+    merge = _merge_rule(config) if name == "gossip" else None
     for i, learner in enumerate(initial):
-        steps = _local_steps(config, learner)
-        if config.protocol == "dpsgd":
-            dpsgd = DPSGDConfig(config.rounds, steps, config.merge_timeout, learner.samples)
-            cores[i] = DPSGDCore(dpsgd, metropolis_hastings_weights(graph, i), learner.params())
-        else:
-            neighbours = sorted(graph.neighbors(i))
-            cores[i] = _gossip_core(config, learner, neighbours, merge, streams.cores[i])
+        weights = metropolis_hastings_weights(graph, i) if name == "dpsgd" else None
+        cores[i] = _core(
+            config, name, i, learner, streams.cores[i], neighbours=sorted(graph.neighbors(i)),
+            merge=merge, weights=weights, view=view,
+        )  # fmt: skip
     return cores
 
 
@@ -156,69 +135,48 @@ def _merge_rule(config: RunConfig) -> Merge:
     return deferring(rule) if config.engine == "batched" else rule
 
 
-def _gossip_core(
+def _core(
     config: RunConfig,
-    learner: Learner,
-    neighbours: list[PeerId],
-    merge: Merge,
-    rng: np.random.Generator,
-    round_: int = 0,
-    params: Params | None = None,
-) -> GossipCore:
-    gossip = config.gossip_config(config.rounds, _local_steps(config, learner), learner.samples)
-    start = learner.params() if params is None else params
-    # Attack runs measure the weight honest peers give attackers (attacker_weight).
-    weigh = None
-    if config.attack is not None and config.aggregator in SHARES:
-        weigh = get_shares(config.aggregator, **config.aggregator_options())
-    return GossipCore(gossip, neighbours, start, merge, rng, round=round_, weigh=weigh)
-
-
-def _sybilwall_core(
-    config: RunConfig,
+    name: str,
     peer: PeerId,
     learner: Learner,
-    neighbours: list[PeerId],
     rng: np.random.Generator,
+    *,
+    neighbours: Sequence[PeerId] = (),
     round_: int = 0,
     params: Params | None = None,
-) -> SybilWallCore:
-    steps = _local_steps(config, learner)
-    sybilwall = config.sybilwall_config(config.rounds, steps, learner.samples)
-    start = learner.params() if params is None else params
-    keys = run_keys(config.seed)  # signed histories
-    return SybilWallCore(
-        peer, sybilwall, neighbours, start, rng, round=round_,
-        signer=keys.signer(peer), verifier=keys.verifier,
-    )  # fmt: skip
-
-
-def _bristle_core(
-    config: RunConfig,
-    learner: Learner,
-    neighbours: list[PeerId],
-    rng: np.random.Generator,
-    round_: int = 0,
-    params: Params | None = None,
-) -> BristleCore:
-    """A Bristle peer; its validation set is drawn from its own (featurized) data."""
-    options = config.aggregator_options()
-    bristle = BristleConfig(
+    merge: Merge | None = None,
+    weights: Mapping[PeerId, float] | None = None,
+    view: View | None = None,
+    joining: bool = False,
+) -> Core | AnyCore:
+    """Peer ``peer``'s core of protocol ``name``, from the registry. Signed messages
+    (SybilWall histories, MoDeST membership) use the run's seeded keys."""
+    keys = run_keys(config.seed)
+    # Attack runs measure the weight honest peers give attackers (attacker_weight).
+    weigh = None
+    if name == "gossip" and config.attack is not None and config.aggregator in SHARES:
+        weigh = get_shares(config.aggregator, **config.aggregator_options())
+    spec = CoreSpec(
+        peer=peer,
+        settings=config,
         rounds=config.rounds,
-        local_steps=_local_steps(config, learner),
-        merge_timeout=config.merge_timeout,
+        steps=_local_steps(config, learner),
         samples=learner.samples,
-        alpha=float(options.get("alpha", 0.4)),
-        candidates=int(options.get("candidates", 10)),
-        overlap=int(options.get("overlap", 3)),
-        max_models=int(options.get("max_models", 20)),
-        center=bool(options.get("center", 1)),
+        params=learner.params() if params is None else params,
+        rng=rng,
+        neighbours=neighbours,
+        round=round_,
+        signer=keys.signer(peer),
+        verifier=keys.verifier,
+        merge=merge,
+        weigh=weigh,
+        weights=weights,
+        data=(learner.x.numpy(), learner.y.numpy()) if name == "bristle" else None,
+        view=view,
+        joining=joining,
     )
-    labels = learner.y.numpy()
-    rows = pick_validation(labels, int(options.get("validation_per_class", 10)), rng)
-    validation = ValidationSet(learner.x[rows].numpy(), labels[rows])
-    start = learner.params() if params is None else params
-    return BristleCore(bristle, neighbours, start, validation, rng, round=round_)
+    return build_core(name, spec)
 
 
 def _transfer(config: RunConfig, data: Dataset) -> Transfer | None:
@@ -235,10 +193,6 @@ def _text(value: int | float | str | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _modest_config(config: RunConfig, learner: Learner) -> ModestConfig:
-    return config.modest_config(config.rounds, _local_steps(config, learner), learner.samples)
-
-
 def _rebuilder(
     config: RunConfig,
     graph: nx.Graph,
@@ -251,8 +205,8 @@ def _rebuilder(
     topology's mean degree, a recovering one to the neighbours it had; both start counting
     rounds where the network is. A recovering attacker attacks again."""
     degree = max(1, round(2 * graph.number_of_edges() / graph.number_of_nodes()))
-    own_core = config.aggregator in ("sybilwall", "bristle")
-    merge = None if own_core else _merge_rule(config)
+    name = config.core_protocol
+    merge = _merge_rule(config) if name == "gossip" else None
 
     def rebuild(
         peer: PeerId, live: Sequence[PeerId], round_: int, params: Params | None
@@ -260,24 +214,21 @@ def _rebuilder(
         i = int(peer)
         learner, rng = learners[i], streams.cores[i]
         old = cores.get(i)
-        if config.protocol == "modest":
+        if name == "modest":
             source = cores[live[int(streams.churn.integers(len(live)))]]
-            assert isinstance(source, ModestCore)
-            modest = _modest_config(config, learner)
-            start = learner.params() if params is None else params
+            assert isinstance(source, SharesView)  # a live MoDeST peer
             view = source.view_snapshot()
-            keys = run_keys(config.seed)
-            cores[i] = ModestCore(
-                i, modest, start, view, rng, joining=True,
-                signer=keys.signer(i), verifier=keys.verifier,
-            )  # fmt: skip
+            cores[i] = _core(config, name, i, learner, rng, params=params, view=view, joining=True)
             return cores[i], []
         if isinstance(old, AttackerCore):
-            assert isinstance(old.inner, GossipCore)
-            inner = _gossip_core(
-                config, learner, old.inner.neighbours, old.inner.merge, rng, round_, params
-            )
-            attacker = _attacker(config, i, inner, old.attack, old.rng, old.identities)
+            inner = old.inner
+            assert isinstance(inner, GossipCore)
+            rebuilt = _core(
+                config, "gossip", i, learner, rng, neighbours=inner.neighbours, round_=round_,
+                params=params, merge=inner.merge,
+            )  # fmt: skip
+            assert isinstance(rebuilt, GossipCore)
+            attacker = _attacker(config, i, rebuilt, old.attack, old.rng, old.identities)
             attacker.active = old.active
             cores[i] = attacker
             return attacker, []
@@ -286,12 +237,10 @@ def _rebuilder(
         else:
             picks = streams.churn.choice(len(live), size=min(degree, len(live)), replace=False)
             neighbours = sorted(live[j] for j in picks)
-        if config.aggregator == "bristle":
-            cores[i] = _bristle_core(config, learner, neighbours, rng, round_, params)
-        elif merge is None:
-            cores[i] = _sybilwall_core(config, i, learner, neighbours, rng, round_, params)
-        else:
-            cores[i] = _gossip_core(config, learner, neighbours, merge, rng, round_, params)
+        cores[i] = _core(
+            config, name, i, learner, rng, neighbours=neighbours, round_=round_, params=params,
+            merge=merge,
+        )  # fmt: skip
         return cores[i], neighbours
 
     return rebuild
@@ -317,7 +266,9 @@ def _arm(
     for attacker, identities in adversary.identities.items():
         rng = streams.cores[attacker]
         neighbours = sorted(graph.neighbors(attacker))
-        inner = _gossip_core(config, learners[attacker], neighbours, follow, rng)
+        inner = _core(config, "gossip", attacker, learners[attacker], rng, neighbours=neighbours,
+                      merge=follow)  # fmt: skip
+        assert isinstance(inner, GossipCore)
         sybils = identities if config.sybils > 1 else None
         cores[attacker] = _attacker(config, attacker, inner, adversary.attack, rng, sybils)
     for sybil in adversary.sybils:
