@@ -8,19 +8,21 @@ degree), and every model the attacker sends goes out from all its identities.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 import torch
 
+from gossiplearn.aggregation import get_aggregator
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.data import Images, Labels, add_source_samples, poison_data
 from gossiplearn.attacks.metrics import success_rate, success_set
 from gossiplearn.config import RunConfig
 from gossiplearn.learning.datasets import Dataset
 from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.protocols.gossip import Merge
 from gossiplearn.types import Params, PeerId
 
 
@@ -63,6 +65,19 @@ def plan_adversary(
             next_id += 1
         adversary.identities[attacker] = identities
     return adversary
+
+
+def attacker_merge(attack: Attack, beta: float) -> Merge:
+    """How an attacker merges what it receives. Model attackers follow the network with
+    plain averaging, so that the update they distort starts from the honest models; data
+    attackers keep training their own poisoned model and merge nothing."""
+    if attack.kind == "model":
+        return get_aggregator("mean", beta=beta)
+    return _keep_own
+
+
+def _keep_own(own: Params, received: Sequence[Params]) -> Params:
+    return own
 
 
 def poison_learners(

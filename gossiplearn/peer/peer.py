@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gossiplearn.aggregation import get_aggregator
 from gossiplearn.attacks import Attack, parse_attack
+from gossiplearn.attacks.adversary import attacker_merge
 from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
@@ -51,8 +51,10 @@ from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
+    AnyCore,
     AnyEffect,
     AnyEvent,
+    Core,
     Effect,
     Event,
     Finished,
@@ -73,8 +75,9 @@ from gossiplearn.protocols.gossip import GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
+from gossiplearn.protocols.registry import CoreSpec, build_core
+from gossiplearn.protocols.rounds import LoopState
 from gossiplearn.protocols.signing import PeerIdVerifier, Signer, Verifier, is_peer_id
-from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
@@ -203,7 +206,7 @@ class Peer:
         self.evaluator = Evaluator(_clone(model), *test_data) if test_data is not None else None
         self.spec = spec_of(self.learner.params())
         self._core_rng = np.random.default_rng(seeds[1])
-        self.core: GossipCore | ModestCore | SybilWallCore | AttackerCore | None = None
+        self.core: Core | AnyCore | None = None
         self.book: AddressBook | None = None
         self.neighbours: list[str] = []
         #: Dialled peers on probation (-> the source of their address): they become
@@ -360,38 +363,40 @@ class Peer:
 
     # ---- core driving -----------------------------------------------------------------
 
-    def _make_core(
-        self, params: dict[str, Any], round_: int
-    ) -> GossipCore | ModestCore | SybilWallCore | AttackerCore:
+    def _make_core(self, params: dict[str, Any], round_: int) -> Core | AnyCore:
+        """This peer's core, from the protocol registry. An attacker runs gossip around its
+        attack and merges as attackers do in the simulator."""
         c = self.config
-        steps = c.steps_per_round(self.learner.steps_per_epoch())
-        rounds = c.rounds or sys.maxsize
-        if c.protocol == "modest":
+        name = c.core_protocol if self.attack is None else "gossip"
+        signer, verifier = self._signing()  # SybilWall histories, MoDeST membership
+        view = None
+        if name == "modest":
             # Every member must derive the same samples: the view starts as this peer and
             # the peers it bootstraps from (give each peer the whole membership).
             members: list[PeerId] = [self.peer_id, *self._bootstrap_ids()]
             view = dict.fromkeys(members, Activity(0))
-            modest = c.modest_config(rounds, steps, self.learner.samples)
-            signer, verifier = self._signing()  # membership changes are signed
-            return ModestCore(
-                self.peer_id, modest, params, view, self._core_rng,
-                signer=signer, verifier=verifier, valid_id=is_peer_id if verifier else None,
-            )  # fmt: skip
-        if c.aggregator == "sybilwall":  # histories are signed with the transport's key
-            signer, verifier = self._signing()
-            sybilwall = c.sybilwall_config(rounds, steps, self.learner.samples)
-            return SybilWallCore(
-                self.peer_id, sybilwall, [], params, self._core_rng, round=round_,
-                signer=signer, verifier=verifier,
-            )  # fmt: skip
-        gossip = c.gossip_config(rounds, steps, self.learner.samples)
-        merge = get_aggregator(c.aggregator, **c.aggregator_options())
-        core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_)
-        if self.attack is not None:
-            attacker = AttackerCore(core, self.attack, self._core_rng, report=True)
-            attacker.active = self._attacking
-            return attacker
-        return core
+        spec = CoreSpec(
+            peer=self.peer_id,
+            settings=c,
+            rounds=c.rounds or sys.maxsize,
+            steps=c.steps_per_round(self.learner.steps_per_epoch()),
+            samples=self.learner.samples,
+            params=params,
+            rng=self._core_rng,
+            round=round_,
+            signer=signer,
+            verifier=verifier,
+            merge=None if self.attack is None else attacker_merge(self.attack, c.beta),
+            view=view,
+            valid_id=is_peer_id if verifier else None,
+        )
+        core = build_core(name, spec)
+        if self.attack is None:
+            return core
+        assert isinstance(core, GossipCore)
+        attacker = AttackerCore(core, self.attack, self._core_rng, report=True)
+        attacker.active = self._attacking
+        return attacker
 
     def _signing(self) -> tuple[Signer | None, Verifier | None]:
         """Sign with the transport's key, verify by peer id: on libp2p, where peer ids are
@@ -409,7 +414,7 @@ class Peer:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         if isinstance(core, ModestCore):
             return core.round_estimate
-        return core.round if isinstance(core, GossipCore | SybilWallCore) else 0
+        return core.round if isinstance(core, LoopState) else 0
 
     def _resume(self, fresh: dict[str, Any]) -> tuple[dict[str, Any], int]:
         assert self.state_dir is not None
@@ -431,11 +436,8 @@ class Peer:
             self._serve_final(event)
             return
         loop = asyncio.get_running_loop()
-        effects: list[Effect] | list[AnyEffect]
-        if isinstance(self.core, ModestCore):
-            effects = self.core.handle(loop.time(), event)
-        else:
-            effects = self.core.handle(loop.time(), event)  # type: ignore[arg-type]
+        # A core that speaks only model messages is given no other (see _on_model_bytes).
+        effects = self.core.handle(loop.time(), event)  # type: ignore[arg-type]
         for effect in effects:
             self._apply(effect)
 
@@ -621,8 +623,8 @@ class Peer:
 
     async def _probe_payload(self) -> tuple[str, bytes]:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, GossipCore) and self._final_round is None:
-            message = ModelMessage(core.round, core.params, core.config.samples)
+        if isinstance(core, LoopState) and self._final_round is None:
+            message = ModelMessage(core.round, core.params, core.samples)
             return MODEL_PROTOCOL, await asyncio.to_thread(encode, message)
         return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
 
@@ -631,7 +633,7 @@ class Peer:
         wait for us (each answer carries a round newer than the last it got from us)."""
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         message = event.message
-        if not self.serve_when_finished or not isinstance(core, GossipCore):
+        if not self.serve_when_finished or not isinstance(core, LoopState):
             return
         if not isinstance(message, ModelMessage) or event.sender not in self.neighbours:
             return
@@ -646,7 +648,7 @@ class Peer:
         round_ = max(message.round, last + 1)  # newer than what it has: not a replay
         self._served_round[event.sender] = round_
         self._served_at[event.sender] = now
-        reply = ModelMessage(round_, core.params, core.config.samples)
+        reply = ModelMessage(round_, core.params, core.samples)
         self._spawn(self._send(event.sender, reply))
 
     async def _on_model_bytes(self, sender: str, payload: bytes) -> None:
@@ -886,8 +888,8 @@ class Peer:
         """Go first with a peer we dialled: send it our model, so that an honest peer
         makes us its neighbour and answers with its own (a silent one is dropped)."""
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, GossipCore | SybilWallCore):
-            await self._send(peer, ModelMessage(core.round, core.params, core.config.samples))
+        if isinstance(core, LoopState):
+            await self._send(peer, ModelMessage(core.round, core.params, core.samples))
 
     def _on_useful(self, peer: str) -> None:
         """``peer`` sent a valid message: count it, and make it a neighbour, in place of

@@ -90,6 +90,8 @@ class RoundSettings(Protocol):
     def local_steps(self) -> int: ...
     @property
     def merge_timeout(self) -> float: ...
+    @property
+    def samples(self) -> int: ...
 
 
 class RoundPolicy(Protocol[Msg]):
@@ -280,6 +282,11 @@ class LoopState(Generic[Msg]):
     @property
     def round(self) -> int:
         return self.loop.round
+
+    @property
+    def samples(self) -> int:
+        """Training samples of this peer (the weight its models carry)."""
+        return self.loop.settings.samples
 
     @property
     def training(self) -> bool:

@@ -25,6 +25,7 @@ from gossiplearn.attacks import Attack
 from gossiplearn.attacks.adversary import (
     Adversary,
     attack_measures,
+    attacker_merge,
     plan_adversary,
     poison_learners,
     success_meter,
@@ -256,13 +257,8 @@ def _arm(
 ) -> None:
     """Turn the attackers' cores into attackers, and give each Sybil identity a core.
 
-    Model attackers follow the network with plain averaging, so that the update they
-    distort starts from the honest models; data attackers keep training their own poisoned
-    model and merge nothing."""
-    if adversary.attack.kind == "model":
-        follow = get_aggregator("mean", beta=config.beta)
-    else:
-        follow = _keep_own
+    (How attackers merge: gossiplearn.attacks.adversary.attacker_merge.)"""
+    follow = attacker_merge(adversary.attack, config.beta)
     for attacker, identities in adversary.identities.items():
         rng = streams.cores[attacker]
         neighbours = sorted(graph.neighbors(attacker))
@@ -287,10 +283,6 @@ def _attacker(
     travel, so it signs them with the keys of its identities."""
     sign = config.aggregator == "sybilwall"
     return attacker_core(config.seed, sign, me, inner, attack, rng, identities)
-
-
-def _keep_own(own: Params, received: Sequence[Params]) -> Params:
-    return own
 
 
 def _evaluator(
