@@ -1,5 +1,5 @@
 """The asyncio Peer on the in-memory transport: learning, discovery, bad input, churn,
-checkpoints and the embedding API. Real clocks, bounded in time."""
+checkpoints and the embedding API. Bounded in time; tests that wait use a virtual clock."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
 from gossiplearn.peer import Peer, PeerConfig
 from gossiplearn.peer.checkpoint import CHECKPOINT
+from gossiplearn.peer.clock import Clock, VirtualClock
 from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.codec import encode
 from gossiplearn.protocols.messages import ModelMessage
@@ -35,6 +36,7 @@ def make_peer(
     *,
     bootstrap: tuple[str, ...] = (),
     state_dir: Path | None = None,
+    clock: Clock | None = None,
     **config: Any,
 ) -> Peer:
     shards = partition(DATA.train_y, "iid", of, np.random.default_rng(0))
@@ -52,6 +54,7 @@ def make_peer(
         transport=network.transport(name),
         bootstrap=[memory_address(b) for b in bootstrap],
         state_dir=state_dir,
+        clock=clock,
     )
 
 
@@ -154,9 +157,13 @@ async def test_a_corrupt_checkpoint_is_ignored_with_a_warning(
 async def test_unreachable_bootstrap_is_retried_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    peer = make_peer(InMemoryNetwork(), "lonely", 0, 1, bootstrap=("nobody",), rounds=1)
-    async with asyncio.timeout(30), peer:
-        await asyncio.sleep(2.0)
+    clock = VirtualClock()
+    async with asyncio.timeout(30), clock:
+        peer = make_peer(
+            InMemoryNetwork(), "lonely", 0, 1, bootstrap=("nobody",), rounds=1, clock=clock
+        )
+        async with peer:
+            await clock.sleep(2.0)
     attempts = [r.message for r in caplog.records if "unreachable" in r.message]
     assert len(attempts) >= 2
     assert "attempt 1" in attempts[0] and "retrying in 0.5 s" in attempts[0]
@@ -242,7 +249,8 @@ async def test_a_silent_neighbour_gives_way_to_a_useful_peer() -> None:
     from gossiplearn.peer.discovery import SOURCE_QUOTA, encode_exchange
     from gossiplearn.transport import PEER_EXCHANGE_PROTOCOL
 
-    network = InMemoryNetwork()
+    clock = VirtualClock()
+    network = InMemoryNetwork(sleep=clock.sleep)
     silent = network.transport("silent")  # accepts everything, never sends a model
 
     async def swallow(sender: str, payload: bytes) -> None:
@@ -252,11 +260,13 @@ async def test_a_silent_neighbour_gives_way_to_a_useful_peer() -> None:
     silent.set_handler(PEER_EXCHANGE_PROTOCOL, swallow)
     await silent.start()
     # h keeps one neighbour and bootstraps from the silent peer; friend comes later.
-    h = make_peer(network, "h", 0, 2, bootstrap=("silent",), neighbours=1, merge_timeout=0.3)
-    friend = make_peer(network, "friend", 1, 2, bootstrap=("h",))
+    h = make_peer(
+        network, "h", 0, 2, bootstrap=("silent",), neighbours=1, merge_timeout=0.3, clock=clock
+    )
+    friend = make_peer(network, "friend", 1, 2, bootstrap=("h",), clock=clock)
     seen: list[list[str]] = []
-    async with asyncio.timeout(60), h, friend:
-        await asyncio.sleep(0.5)  # a round, waiting for silent's model
+    async with asyncio.timeout(60), clock, h, friend:
+        await clock.sleep(0.5)  # a round, waiting for silent's model
         assert h.neighbours == ["silent"]
         lies = [("silent", [memory_address("silent")])]
         lies += [(f"fake{i}", [memory_address(f"fake{i}")]) for i in range(300)]
@@ -264,14 +274,14 @@ async def test_a_silent_neighbour_gives_way_to_a_useful_peer() -> None:
             for start in range(0, len(lies), 64):  # peer exchange does not make a neighbour
                 await silent.send("h", PEER_EXCHANGE_PROTOCOL, encode_exchange(lies[start:]))
             seen.append(list(h.neighbours))
-            await asyncio.sleep(0.2)
+            await clock.sleep(0.2)
         for _ in range(10):
             await silent.send("h", PEER_EXCHANGE_PROTOCOL, encode_exchange(lies[:64]))
-            await asyncio.sleep(0.1)
+            await clock.sleep(0.1)
         assert h.neighbours == ["friend"]  # silent never gets back in
         assert h.book is not None and h.book.count_from("silent") <= SOURCE_QUOTA
         rounds = h.status().round
-        await asyncio.sleep(2.0)
+        await clock.sleep(2.0)
         assert h.status().round - rounds >= 4  # no longer waiting out merge timeouts
     await silent.stop()
     assert all(set(n) <= {"silent", "friend"} for n in seen)  # never a fake id

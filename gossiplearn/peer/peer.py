@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ from gossiplearn.attacks.data import poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
+from gossiplearn.peer.clock import Cancellable, Clock, LoopClock
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.discovery import (
     DIAL_TIMEOUT,
@@ -150,6 +152,10 @@ class Peer:
     An attacker with ``config.sybils`` > 1 holds that many identities: on libp2p it makes
     the other keys itself; with a ``transport`` of your own, pass theirs as
     ``sybil_transports``.
+
+    ``clock`` is where the peer reads time, sleeps, sets timers and runs blocking work;
+    by default the event loop's. Tests on the in-memory transport pass a
+    :class:`~gossiplearn.peer.clock.VirtualClock` to run in virtual time.
     """
 
     def __init__(
@@ -167,8 +173,10 @@ class Peer:
         announce: Sequence[str] = (),
         services: NetworkServices | None = None,
         sybil_transports: Sequence[Transport] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config or PeerConfig()
+        self.clock: Clock = clock or LoopClock()
         max_frame = int(self.config.max_message_mb * 2**20) + 4096
         rate = self.config.inbound_mb_per_second * 2**20
         if sybil_transports is None:  # on libp2p: fresh keys, listening where the peer does
@@ -217,7 +225,9 @@ class Peer:
         #: Peers found by the transport's discovery services, by source (dht, mdns).
         self.discovered: Counter[str] = Counter()
         push_one = self.config.push == "one"  # a neighbour sends us one round in N
-        self.usefulness = Usefulness(GRACE_ROUNDS * (self.config.neighbours if push_one else 1))
+        self.usefulness = Usefulness(
+            GRACE_ROUNDS * (self.config.neighbours if push_one else 1), clock=self.clock.time
+        )
         self.accuracy: float | None = None
         self.traffic: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -226,7 +236,7 @@ class Peer:
         self.bounds: ModelBounds | None = None  # set from the own model at start
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: list[Cancellable] = []
         self._finished = asyncio.Event()
         self._round_lock = asyncio.Lock()  # evaluations and checkpoints stay in round order
         self._final_round: int | None = None
@@ -280,7 +290,7 @@ class Peer:
         self.transport.set_handler(GOODBYE_PROTOCOL, self._on_goodbye)
         await self.transport.start()
         await self.sybils.start()
-        self.book = AddressBook(self.peer_id)
+        self.book = AddressBook(self.peer_id, clock=self.clock.time)
         params, round_ = self.learner.params(), 0
         if self.state_dir is not None:
             params, round_ = self._resume(params)
@@ -435,14 +445,12 @@ class Peer:
         if self._final_round is not None and isinstance(event, MessageReceived):
             self._serve_final(event)
             return
-        loop = asyncio.get_running_loop()
         # A core that speaks only model messages is given no other (see _on_model_bytes).
-        effects = self.core.handle(loop.time(), event)  # type: ignore[arg-type]
+        effects = self.core.handle(self.clock.time(), event)  # type: ignore[arg-type]
         for effect in effects:
             self._apply(effect)
 
     def _apply(self, effect: Effect | AnyEffect) -> None:
-        loop = asyncio.get_running_loop()
         match effect:
             case Send(to=to, message=message):
                 self._spawn(self._send(str(to), message))
@@ -450,8 +458,8 @@ class Peer:
                 self._spawn(self._train(params, steps, token))
             case SetTimer(delay=delay, name=name, token=token):
                 timer = Timer(name, token)
-                self._timers.append(loop.call_later(delay, self._dispatch, timer))
-                self._timers = [t for t in self._timers if not t.cancelled()][-16:]
+                handle = self.clock.call_later(delay, self._dispatch, timer)
+                self._timers = [*self._timers[-15:], handle]  # older ones have fired
             case RoundDone(round=round_, params=params, merged=merged):
                 if self.bounds is not None:
                     self.bounds.update(params)
@@ -459,7 +467,7 @@ class Peer:
                     self._emit("merged", {"round": round_, "models": merged})
                 timing = dict(self._round_timing)
                 if self._trained_at is not None:
-                    timing["wait_s"] = round(loop.time() - self._trained_at, 3)
+                    timing["wait_s"] = round(self.clock.time() - self._trained_at, 3)
                 self._round_timing, self._trained_at = {}, None
                 self._spawn(self._round_done(round_, params, timing))
             case Finished() if isinstance(self.core, ModestCore):
@@ -472,10 +480,9 @@ class Peer:
 
     async def _start_when_connected(self) -> None:
         """Start round 1 once ``min_neighbours`` are connected, or after ``start_timeout``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.start_timeout
-        while len(self.neighbours) < self.config.min_neighbours and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        deadline = self.clock.time() + self.config.start_timeout
+        while len(self.neighbours) < self.config.min_neighbours and self.clock.time() < deadline:
+            await self.clock.sleep(0.05)
         if len(self.neighbours) < self.config.min_neighbours:
             log.warning(
                 "starting with %d neighbours after %.0f s (wanted %d)",
@@ -484,16 +491,15 @@ class Peer:
         self._dispatch(Start())
 
     async def _train(self, params: dict[str, Any], steps: int, token: int) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        trained = await asyncio.to_thread(self.learner.train, params, steps)
-        timing = {"train_s": round(loop.time() - started, 3)}
+        started = self.clock.time()
+        trained = await self.clock.run_blocking(self.learner.train, params, steps)
+        timing = {"train_s": round(self.clock.time() - started, 3)}
         pace = self.config.min_round_seconds  # a gossip period: bounds rounds per second
         if pace is not None:
-            pause = max(0.0, started + pace - loop.time())
+            pause = max(0.0, started + pace - self.clock.time())
             timing["pace_s"] = round(pause, 3)
-            await asyncio.sleep(pause)
-        self._round_timing, self._trained_at = timing, loop.time()
+            await self.clock.sleep(pause)
+        self._round_timing, self._trained_at = timing, self.clock.time()
         self._dispatch(TrainingDone(trained, token))
 
     async def _round_done(
@@ -503,7 +509,7 @@ class Peer:
         info |= timing or {}
         async with self._round_lock:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
-                self.accuracy = await asyncio.to_thread(self.evaluator.accuracy, params)
+                self.accuracy = await self.clock.run_blocking(self.evaluator.accuracy, params)
                 info["accuracy"] = self.accuracy
             if self.state_dir is not None and not await self._checkpoint(round_, params):
                 return
@@ -517,7 +523,7 @@ class Peer:
         cannot resume must not pretend to run on)."""
         assert self.state_dir is not None
         try:
-            await asyncio.to_thread(save_checkpoint, self.state_dir, round_, params)
+            await self.clock.run_blocking(save_checkpoint, self.state_dir, round_, params)
         except (OSError, CheckpointError) as error:
             text = error.strerror if isinstance(error, OSError) and error.strerror else error
             self._fail(
@@ -545,13 +551,13 @@ class Peer:
     async def _send(self, peer: str, message: Message) -> None:
         if peer in self.blocked:
             return
-        if self.reach.skip(peer, asyncio.get_running_loop().time()):
+        if self.reach.skip(peer, self.clock.time()):
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
-        payload = await asyncio.to_thread(encode, message)
+        payload = await self.clock.run_blocking(encode, message)
         if self.sybils.transports and self._attacking and self.book is not None:
             self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
-        started = asyncio.get_running_loop().time()
+        started = self.clock.time()
         try:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, MODEL_PROTOCOL, payload)
@@ -564,13 +570,13 @@ class Peer:
         self._reachable(peer)
         self.traffic["bytes_out"] += len(payload)
         self.traffic["messages_out"] += 1
-        seconds = asyncio.get_running_loop().time() - started
+        seconds = self.clock.time() - started
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
 
     def _unreachable(self, peer: str, what: str, error: BaseException) -> None:
         """A send to ``peer`` failed: stop waiting for it (it leaves the neighbours), skip
         sends to it, and probe it with backoff; one log line when it goes."""
-        now = asyncio.get_running_loop().time()
+        now = self.clock.time()
         if self.reach.failed(peer, now):
             text = str(error) or f"no answer within {self.config.send_timeout:.0f} s"
             log.warning(
@@ -585,7 +591,7 @@ class Peer:
 
     def _reachable(self, peer: str) -> None:
         """``peer`` took a message or sent a valid one: if it was unreachable, it is back."""
-        seconds = self.reach.reached(peer, asyncio.get_running_loop().time())
+        seconds = self.reach.reached(peer, self.clock.time())
         if seconds is not None:
             log.warning("%s is reachable again (after %.1f s)", peer, seconds)
             self._add_neighbour(peer)
@@ -593,12 +599,11 @@ class Peer:
     async def _probe(self, peer: str) -> None:
         """Retry an unreachable peer with backoff until it answers or we give up: with our
         model (gossip: so it takes us back as a neighbour too) or our address."""
-        loop = asyncio.get_running_loop()
         while self._running and self.reach.unreachable(peer):
-            await asyncio.sleep(self.reach.delay(peer))
+            await self.clock.sleep(self.reach.delay(peer))
             if not self.reach.unreachable(peer):
                 return  # reached meanwhile (it sent us a model)
-            if self.reach.expired(peer, loop.time()):
+            if self.reach.expired(peer, self.clock.time()):
                 log.warning("giving up on %s: unreachable for %.0f s", peer, self.reach.give_up)
                 self.reach.forget(peer)
                 if self.book is not None:
@@ -616,7 +621,7 @@ class Peer:
             except ReceiverBusy:
                 pass  # alive: it answered
             except (TransportError, TimeoutError) as error:
-                self.reach.failed(peer, loop.time())
+                self.reach.failed(peer, self.clock.time())
                 log.debug("probe of %s failed: %s", peer, error)
                 continue
             self._reachable(peer)
@@ -625,7 +630,7 @@ class Peer:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         if isinstance(core, LoopState) and self._final_round is None:
             message = ModelMessage(core.round, core.params, core.samples)
-            return MODEL_PROTOCOL, await asyncio.to_thread(encode, message)
+            return MODEL_PROTOCOL, await self.clock.run_blocking(encode, message)
         return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
 
     def _serve_final(self, event: MessageReceived[Any]) -> None:
@@ -637,7 +642,7 @@ class Peer:
             return
         if not isinstance(message, ModelMessage) or event.sender not in self.neighbours:
             return
-        now = asyncio.get_running_loop().time()
+        now = self.clock.time()
         last = self._served_round.get(event.sender, core.round)
         if message.round == last and event.sender in self._served_round:
             return  # the echo of our own answer by a finished peer: no ping-pong
@@ -656,13 +661,14 @@ class Peer:
             return
         self.traffic["bytes_in"] += len(payload)
         self.traffic["messages_in"] += 1
-        now = asyncio.get_running_loop().time()
+        now = self.clock.time()
         if self.quarantine.holds(sender, now):
             self.rejected["Quarantined"] += 1
             return
         limit = int(self.config.max_message_mb * 2**20)
         try:
-            message = await asyncio.to_thread(decode_message, payload, self.spec, max_bytes=limit)
+            decode = functools.partial(decode_message, max_bytes=limit)
+            message = await self.clock.run_blocking(decode, payload, self.spec)
             if not isinstance(message, ModelMessage) and not (
                 self.core is not None and speaks_any_message(self.core)
             ):
@@ -726,7 +732,7 @@ class Peer:
         joined = False
         while self._running:
             if joined and not self._wants_neighbours():
-                await asyncio.sleep(self.config.exchange_interval)
+                await self.clock.sleep(self.config.exchange_interval)
                 continue
             try:
                 peer = await self.transport.connect(address)
@@ -741,7 +747,7 @@ class Peer:
                     error,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 delay, attempt = min(delay * 2, BOOTSTRAP_MAX_DELAY), attempt + 1
                 continue
             assert self.book is not None
@@ -754,7 +760,7 @@ class Peer:
                 self._on_dialled(peer, FIRST_HAND)
             joined = True
             delay, attempt = 0.5, 1
-            await asyncio.sleep(self.config.exchange_interval)
+            await self.clock.sleep(self.config.exchange_interval)
 
     def _wants_neighbours(self) -> bool:
         """Fewer live neighbours (and candidates) than the minimum, at least one."""
@@ -769,7 +775,7 @@ class Peer:
         if discovered is None:
             return
         while self._running:
-            await asyncio.sleep(DISCOVERY_POLL)
+            await self.clock.sleep(DISCOVERY_POLL)
             assert self.book is not None
             for peer, addresses, source in discovered():
                 if peer in self.blocked:
@@ -783,7 +789,7 @@ class Peer:
     async def _exchange_loop(self) -> None:
         """Tell neighbours of useful peers; drop silent ones; dial while below target."""
         while self._running:
-            await asyncio.sleep(self.config.exchange_interval)
+            await self.clock.sleep(self.config.exchange_interval)
             assert self.book is not None
             own = (self.peer_id, self.transport.addresses)
             payload = encode_exchange([own, *self.book.shareable(MAX_PX_PEERS - 1)])
@@ -794,7 +800,7 @@ class Peer:
             self._dial_more()
 
     async def _send_exchange(self, peer: str, payload: bytes) -> None:
-        if self.reach.skip(peer, asyncio.get_running_loop().time()):
+        if self.reach.skip(peer, self.clock.time()):
             return
         try:
             async with asyncio.timeout(self.config.send_timeout):
@@ -914,7 +920,7 @@ class Peer:
             return
         if self.reach.unreachable(peer):  # back once it takes or sends a message
             return
-        if self.quarantine.holds(peer, asyncio.get_running_loop().time()):
+        if self.quarantine.holds(peer, self.clock.time()):
             return
         self.candidates.pop(peer, None)
         self.neighbours.append(peer)
