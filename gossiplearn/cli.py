@@ -649,7 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-format", choices=["text", "json"], default="text", help="log line format")
     add("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
     add("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
-    add("--protocol", choices=["gossip", "modest"], help="gossip (default) or modest")
+    add(
+        "--protocol",
+        help="gossip (default), modest, or dpsgd (each neighbour weighted 1/(1 + "
+        "--neighbours)); fedavg is simulated only",
+    )
     add("--attack", help="make this peer attack, to test your network: see simulate --help")
     add(
         "--sybils",

@@ -32,6 +32,7 @@ import numpy as np
 
 from gossiplearn.config import CORE_AGGREGATORS, RunConfig, topology_seed
 from gossiplearn.errors import ConfigError, GossiplearnError
+from gossiplearn.peer.config import check_real_protocol
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.topologies import build_topology
 
@@ -57,10 +58,7 @@ class Launcher:
     """Starts, watches and stops the peer processes of one local network."""
 
     def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 180.0) -> None:
-        if config.protocol not in ("gossip", "modest"):
-            raise ConfigError(
-                f"launch runs protocol gossip or modest; {config.protocol!r} runs in simulate"
-            )
+        check_real_protocol(config.protocol)
         if config.aggregator in CORE_AGGREGATORS and config.aggregator != "sybilwall":
             raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
         if config.protocol == "modest" and config.joining_peers():

@@ -205,3 +205,17 @@ def test_ctrl_c_stops_simulate_with_exit_130(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 130, err
     assert "interrupted" in err
+
+
+@pytest.mark.parametrize("command", ["launch", "peer"])
+def test_fedavg_on_real_peers_exits_2_saying_it_is_simulated_only(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--protocol", "fedavg", "--out", str(tmp_path)]) == 2
+    assert "'fedavg' is simulated only" in capsys.readouterr().err
+    scenario = tmp_path / "fedavg.toml"
+    scenario.write_text('protocol = "fedavg"\npeers = 5\ntopology = "ring"\n')
+    role = ["--index", "0"] if command == "peer" else []
+    file_args = ["--scenario", str(scenario)] if command == "peer" else [str(scenario)]
+    assert main([command, *file_args, *role, "--out", str(tmp_path)]) == 2
+    assert "'fedavg' is simulated only" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gossiplearn import make_config
+from gossiplearn.cli import main
 from gossiplearn.launcher import Launcher
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -110,3 +111,14 @@ async def test_modest_processes_keep_completing_rounds_after_half_are_killed(
         if json.loads(line)["round"] > killed_at + 1
     }
     assert late
+
+
+def test_dpsgd_processes_learn_with_max_degree_weights(tmp_path: Path) -> None:
+    # 5 processes on a ring (2 neighbours each, weight 1/3 each); 20 synchronous rounds.
+    args = ["launch", "--protocol", "dpsgd", "--peers", "5", "--topology", "ring"]
+    args += ["--rounds", "20", "--merge-timeout", "3", "--seed", "1", "--timeout", "240"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["protocol"] == "dpsgd"
+    assert summary["peers_finished"] == 5 and summary["rounds"] == 20
+    assert summary["mean_accuracy"] >= 0.80, summary["mean_accuracy"]

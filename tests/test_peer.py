@@ -4,6 +4,7 @@ checkpoints and the embedding API. Bounded in time; tests that wait use a virtua
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from gossiplearn.peer.checkpoint import CHECKPOINT
 from gossiplearn.peer.clock import Clock, VirtualClock
 from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.codec import encode
+from gossiplearn.protocols.dpsgd import DPSGDCore
 from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.protocols.sybilwall import SybilWallCore
 from gossiplearn.transport import MODEL_PROTOCOL
@@ -349,3 +351,43 @@ async def test_sybil_identities_send_the_attackers_model_and_sybilwall_mutes_the
 def test_sybils_need_an_attack() -> None:
     with pytest.raises(ValueError, match="sybils: only an attacker"):
         PeerConfig(sybils=3)
+
+
+async def test_dpsgd_peers_find_each_other_and_learn() -> None:
+    network = InMemoryNetwork()
+    # Rounds of at least 0.2 s leave time for peer exchange: the three told only of d0
+    # find each other.
+    settings: dict[str, Any] = dict(
+        protocol="dpsgd", rounds=12, neighbours=3, local_steps=2, min_round_seconds=0.2
+    )
+    peers = [make_peer(network, "d0", 0, 4, **settings)]
+    peers += [make_peer(network, f"d{i}", i, 4, bootstrap=("d0",), **settings) for i in (1, 2, 3)]
+    accuracies: dict[str, list[float]] = {p.peer_id: [] for p in peers}
+    merged: list[int] = []
+    for peer in peers:
+        record = accuracies[peer.peer_id].append
+        peer.on("round", lambda info, record=record: record(info["accuracy"]))
+        peer.on("merged", lambda info: merged.append(info["models"]))
+    async with asyncio.timeout(90), contextlib.AsyncExitStack() as stack:
+        for peer in peers:
+            await stack.enter_async_context(peer)
+        await asyncio.gather(*(peer.finished() for peer in peers))
+        for peer in peers:  # before they say goodbye
+            assert isinstance(peer.core, DPSGDCore)
+            # at most 3 neighbours, each weighted 1/(1 + 3), whoever they are
+            assert set(peer.core.weights.values()) <= {0.25}
+            assert sorted(peer.core.weights) == sorted(peer.status().neighbours)
+        assert all(len(peer.status().neighbours) == 3 for peer in peers)
+    assert merged.count(3) >= 4  # merges with all three neighbours
+    for history in accuracies.values():
+        assert len(history) == 12
+        assert history[-1] > history[0] and history[-1] > 0.8, history
+
+
+def test_dpsgd_peer_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="'fedavg' is simulated only"):
+        PeerConfig(protocol="fedavg")
+    with pytest.raises(ValueError, match="gossip only, not 'dpsgd'"):
+        PeerConfig(protocol="dpsgd", attack="sign-flip")
+    with pytest.raises(ValueError, match="sybilwall"):
+        PeerConfig(protocol="dpsgd", aggregator="sybilwall")

@@ -199,3 +199,9 @@ def test_launch_plays_crash_recover_and_join_with_real_processes(tmp_path: Path)
         for line in (out / "peer-2" / "metrics.jsonl").read_text().splitlines()
     ]
     assert rounds_2[:3] == [1, 2, 3] and rounds_2[3] == 4  # resumed after its round 3
+
+
+def test_a_dpsgd_role_weighs_neighbours_by_the_topologys_largest_degree() -> None:
+    config = scenario(protocol="dpsgd", topology="regular:4")
+    settings = peer_config(config, 0, [])
+    assert (settings.protocol, settings.neighbours) == ("dpsgd", 4)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gossiplearn.protocols.dpsgd import (
+    MAX_ROUNDS_AHEAD,
     DPSGDConfig,
     DPSGDCore,
     metropolis_hastings_weights,
@@ -522,6 +523,107 @@ def test_dpsgd_finishes_after_rounds() -> None:
     assert [type(e) for e in effects] == [RoundDone, Finished]
     assert core.handle(4.0, Start()) == []
     assert core.handle(4.0, TrainingDone(p(1.0))) == []
+
+
+def dynamic_dpsgd(
+    cap: int = 2, neighbours: Sequence[PeerId] = (0, 2), rounds: int = 3
+) -> DPSGDCore:
+    core = DPSGDCore.dynamic(DPSGDConfig(rounds=3, local_steps=4), cap, p(0.0))
+    for peer in neighbours:
+        core.handle(0.0, PeerUp(peer))
+    return core
+
+
+def test_fixed_dpsgd_takes_no_peer_that_comes_up() -> None:
+    core = dpsgd()
+    core.handle(0.0, PeerUp(7))
+    assert sorted(core.weights) == [0, 2] and 7 not in core.loop.neighbours
+
+
+def test_dynamic_dpsgd_takes_peers_up_to_the_cap_with_max_degree_weights() -> None:
+    core = dynamic_dpsgd(cap=3, neighbours=(5, 6, 7, 8))  # 8 is over the cap
+    assert core.weights == {5: 0.25, 6: 0.25, 7: 0.25}
+    assert core.loop.neighbours == [5, 6, 7]
+    assert 1.0 - sum(core.weights.values()) == pytest.approx(0.25)  # the self weight
+    core.handle(1.0, PeerDown(6))
+    core.handle(1.0, PeerUp(8))  # room again
+    assert core.weights == {5: 0.25, 7: 0.25, 8: 0.25}
+    with pytest.raises(ValueError, match="cap"):
+        DPSGDCore.dynamic(DPSGDConfig(rounds=1, local_steps=1), 0, p(0.0))
+
+
+def test_dynamic_dpsgd_mixing_matrix_is_symmetric_and_doubly_stochastic() -> None:
+    # Any graph whose degrees stay within the shared cap, neighbours taken in any order.
+    cap = 4
+    graph = nx.random_regular_graph(3, 12, seed=1)
+    graph.remove_edges_from(list(graph.edges)[:5])
+    matrix = np.zeros((12, 12))
+    for i in graph.nodes:
+        core = dynamic_dpsgd(cap, neighbours=sorted(graph.neighbors(i), reverse=i % 2 == 1))
+        assert set(core.weights) == set(graph.neighbors(i))
+        for j, value in core.weights.items():
+            matrix[i, j] = value
+        matrix[i, i] = 1.0 - sum(core.weights.values())
+    np.testing.assert_allclose(matrix.sum(axis=0), 1.0)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    np.testing.assert_allclose(matrix, matrix.T)
+    assert np.all(matrix >= 0)
+
+
+def test_dynamic_dpsgd_merges_with_one_over_one_plus_cap() -> None:
+    core = dynamic_dpsgd(cap=2)
+    core.handle(0.0, Start())
+    sends = of_type(core.handle(1.0, TrainingDone(p(3.0))), Send)
+    assert sorted(s.to for s in sends) == [0, 2]
+    core.handle(2.0, MessageReceived(0, msg(1, 6.0)))
+    effects = core.handle(3.0, MessageReceived(2, msg(1, 12.0)))
+    assert w(of_type(effects, RoundDone)[0].params) == pytest.approx(7.0)  # thirds
+
+
+def test_dynamic_dpsgd_peer_down_gives_its_weight_to_self() -> None:
+    core = dynamic_dpsgd(cap=3)  # weights 1/4; two neighbours held, one slot free
+    core.handle(0.0, Start())
+    core.handle(1.0, TrainingDone(p(4.0)))
+    core.handle(2.0, MessageReceived(2, msg(1, 100.0)))
+    assert core.handle(3.0, PeerDown(2)) == []  # still waiting for 0
+    (done,) = of_type(core.handle(4.0, MessageReceived(0, msg(1, 8.0))), RoundDone)
+    assert w(done.params) == pytest.approx(0.75 * 4.0 + 0.25 * 8.0)
+    assert core.weights == {0: 0.25}
+
+
+def test_dynamic_dpsgd_does_not_wait_for_a_neighbour_already_past_the_round() -> None:
+    core = dynamic_dpsgd(cap=2)
+    core.handle(0.0, Start())
+    core.handle(1.0, TrainingDone(p(3.0)))  # waiting for round 1
+    core.handle(2.0, MessageReceived(0, msg(1, 6.0)))
+    # 2 joined late, or its round-1 model was lost: it is at round 2 already.
+    effects = core.handle(3.0, MessageReceived(2, msg(2, 30.0)))
+    (done,) = of_type(effects, RoundDone)
+    assert done.round == 1 and w(done.params) == pytest.approx(2 / 3 * 3.0 + 1 / 3 * 6.0)
+    assert 2 in core.inbox[2]  # kept for round 2
+    assert core.handle(3.5, MessageReceived(2, msg(1, 12.0))) == []  # too late: a replay
+    assert core.rejected["Replay"] == 1
+
+
+def test_dynamic_dpsgd_keeps_no_model_far_ahead_and_still_progresses() -> None:
+    core = dynamic_dpsgd(cap=2)
+    core.handle(0.0, Start())
+    far = 1 + MAX_ROUNDS_AHEAD + 1
+    assert core.handle(0.5, MessageReceived(2, msg(far, 99.0))) == []
+    assert far not in core.inbox  # bounded memory
+    timer = of_type(core.handle(1.0, TrainingDone(p(3.0))), SetTimer)[0]
+    # 2 is past round 1; 0 is behind and silent: the timer ends the round with what came.
+    effects = core.handle(11.0, Timer(timer.name, timer.token))
+    assert [type(e) for e in effects] == [RoundDone, StartTraining]
+    assert w(effects[0].params) == pytest.approx(3.0)
+
+
+def test_dynamic_dpsgd_resumes_at_its_checkpointed_round() -> None:
+    core = DPSGDCore.dynamic(DPSGDConfig(rounds=9, local_steps=1), 2, p(0.0), round=5)
+    core.handle(0.0, PeerUp(1))
+    core.handle(0.0, Start())
+    (send,) = of_type(core.handle(1.0, TrainingDone(p(1.0))), Send)
+    assert send.message.round == 6
 
 
 # ---- FedAvg --------------------------------------------------------------------------

@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gossiplearn.attacks import parse_attack
 from gossiplearn.config import CORE_AGGREGATORS, LearningConfig
+from gossiplearn.errors import ConfigError
+
+#: Protocols real peers run; the others (fedavg) are simulated only.
+REAL_PROTOCOLS = ("gossip", "modest", "dpsgd")
+
+
+def check_real_protocol(protocol: str) -> None:
+    """ConfigError unless real peers can run ``protocol`` (launch, peer)."""
+    if protocol not in REAL_PROTOCOLS:
+        raise ConfigError(f"protocol {_not_real(protocol)}")
+
+
+def _not_real(protocol: str) -> str:
+    """Why real peers cannot run ``protocol`` (the caller names the setting)."""
+    allowed = ", ".join(REAL_PROTOCOLS)
+    if protocol == "fedavg":
+        return (
+            "'fedavg' is simulated only (a centralised reference, no real peers): "
+            f"run it with `gossiplearn simulate`; real peers run {allowed}"
+        )
+    return f"{protocol!r} is unknown to real peers: choose one of {allowed}"
 
 
 class PeerConfig(LearningConfig):
     """How a real peer learns, gossips and keeps its neighbours."""
 
-    #: gossip (the default), or modest: decentralized sampling (every peer must bootstrap
-    #: from the whole membership so that all derive the same samples).
-    protocol: Literal["gossip", "modest"] = "gossip"
+    #: gossip (the default); modest: decentralized sampling (every peer must bootstrap
+    #: from the whole membership so that all derive the same samples); dpsgd: synchronous
+    #: averaging with every neighbour, each weighted 1 / (1 + neighbours).
+    protocol: Literal["gossip", "modest", "dpsgd"] = "gossip"
     #: Make this peer attack (to test your own network's defences); see gossiplearn.attacks.
     attack: str | None = None
     #: Identities an attacker holds, itself included: each sends the same poisoned model.
     sybils: int = Field(1, ge=1, le=1000)
     #: Rounds to run; None runs until stopped.
     rounds: int | None = Field(None, ge=1)
-    #: Neighbours to keep: peer exchange dials known peers while fewer are live.
+    #: Neighbours to keep: peer exchange dials known peers while fewer are live. With
+    #: dpsgd it is the cap all peers share: each neighbour weighs 1 / (1 + neighbours).
     neighbours: int = Field(8, ge=1)
     #: Round 1 starts once this many neighbours are connected, or after start_timeout.
     min_neighbours: int = Field(1, ge=0)
@@ -36,14 +59,29 @@ class PeerConfig(LearningConfig):
     #: worth); more is refused before it is buffered.
     inbound_mb_per_second: float = Field(32.0, gt=0)
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _real_protocol(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in REAL_PROTOCOLS:
+            raise ValueError(_not_real(value))
+        return value
+
     @model_validator(mode="after")
     def _attack_fits(self) -> PeerConfig:
         if self.attack is not None:
             parse_attack(self.attack)
             if self.protocol != "gossip":
-                raise ValueError("a peer attacks with protocol gossip only")
+                raise ValueError(
+                    f"attack: a peer attacks with protocol gossip only, not {self.protocol!r}: "
+                    "drop the attack or run protocol gossip"
+                )
         elif self.sybils > 1:
             raise ValueError("sybils: only an attacker holds Sybil identities; set attack")
+        if self.protocol == "dpsgd" and self.aggregator == "sybilwall":
+            raise ValueError(
+                "aggregator 'sybilwall' runs with protocol gossip; dpsgd merges with its own "
+                "weights: drop the aggregator or run protocol gossip"
+            )
         return self
 
     @field_validator("aggregator")

@@ -814,8 +814,9 @@ class Peer:
 
     @property
     def _probation(self) -> bool:
-        """Gossip waits for its neighbours' models, so a neighbour must prove useful."""
-        return self.config.protocol == "gossip"
+        """Gossip and D-PSGD wait for their neighbours' models, so a neighbour must prove
+        useful."""
+        return self.config.protocol in ("gossip", "dpsgd")
 
     def _drop_silent(self) -> None:
         """Drop neighbours and candidates that sent no valid model for the grace period."""

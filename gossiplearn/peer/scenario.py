@@ -33,7 +33,7 @@ from typing import Any
 
 from gossiplearn.config import RunConfig, topology_seed, validated
 from gossiplearn.errors import ConfigError
-from gossiplearn.peer.config import PeerConfig
+from gossiplearn.peer.config import PeerConfig, check_real_protocol
 from gossiplearn.peer.peer import Peer
 from gossiplearn.timeline import Step
 from gossiplearn.topologies import build_topology
@@ -48,11 +48,9 @@ _SHARED = set(PeerConfig.model_fields) - {"attack", "sybils", "neighbours"}
 
 def peer_config(config: RunConfig, index: int, attackers: list[int]) -> PeerConfig:
     """The PeerConfig of role ``index``: the scenario's learning settings, keeping as many
-    neighbours as the topology's largest degree, and the attack if it is an attacker."""
-    if config.protocol not in ("gossip", "modest"):
-        raise ConfigError(
-            f"real peers run protocol gossip or modest; {config.protocol!r} runs in simulate"
-        )
+    neighbours as the topology's largest degree (dpsgd weighs each 1 / (1 + that)), and
+    the attack if it is an attacker."""
+    check_real_protocol(config.protocol)
     graph = build_topology(config.topology, config.peers, topology_seed(config.seed))
     values = {k: v for k, v in config.model_dump().items() if k in _SHARED}
     values["neighbours"] = max(d for _, d in graph.degree())

@@ -2,15 +2,24 @@
 
 How it works: in round r the peer trains, sends its model tagged r to every neighbour, and
 waits until it holds the round-r model of every neighbour (or ``merge_timeout`` passes);
-then x ← w_self·x + Σ_j w_j·x_j with Metropolis–Hastings weights
-w_j = 1 / (1 + max(deg_self, deg_j)), w_self = 1 − Σ_j w_j, renormalised over the models
-that actually arrived.
+then x ← w_self·x + Σ_j w_j·x_j, w_self = 1 − Σ_j w_j, where a model that did not arrive
+gives its weight to the own one. Two ways to weigh:
+
+- fixed neighbours (the simulator, which knows the graph): Metropolis–Hastings weights
+  w_j = 1 / (1 + max(deg_self, deg_j)); a peer that comes up is not taken as a neighbour
+  (its weight is unknown);
+- dynamic neighbours (:meth:`DPSGDCore.dynamic`, real peers, which find neighbours at run
+  time and do not know their degrees): max-degree weights w_j = 1 / (1 + cap), where
+  ``cap`` is the neighbour cap all peers share, so the mixing matrix is symmetric and
+  doubly stochastic without knowing any degree; a peer that comes up is a neighbour while
+  fewer than ``cap`` are held. Rounds drift between real peers, so a neighbour that has
+  sent a model of a later round is not waited for (its model of this round will not
+  come), and models more than ``MAX_ROUNDS_AHEAD`` rounds ahead are not stored.
 
 Invariants: models are keyed by (round, sender); only models of the current round are
 merged, those of later rounds kept for their round, and those of rounds already merged
 dropped; a neighbour that goes down is no longer waited for, and its weight goes to the
-own model; a peer that comes up is not taken as a neighbour (its weight is unknown). The
-rounds themselves (timer, replay check, reporting) are the loop of
+own model. The rounds themselves (timer, replay check, reporting) are the loop of
 :mod:`~gossiplearn.protocols.rounds`; :class:`DPSGDPolicy` is D-PSGD's part.
 """
 
@@ -29,6 +38,10 @@ from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
 from gossiplearn.types import Params, PeerId
 
+#: Dynamic neighbours: models of rounds further ahead than this are not stored (a sender
+#: cannot fill memory with future rounds); the sender counts as past the current round.
+MAX_ROUNDS_AHEAD = 4
+
 
 @dataclass(frozen=True)
 class DPSGDConfig:
@@ -42,6 +55,11 @@ def metropolis_hastings_weights(graph: nx.Graph, node: PeerId) -> dict[PeerId, f
     """Weights node ``node`` gives each neighbour: 1 / (1 + max(degree_i, degree_j))."""
     degree = graph.degree(node)
     return {j: 1.0 / (1.0 + max(degree, graph.degree(j))) for j in sorted(graph.neighbors(node))}
+
+
+def max_degree_weight(cap: int) -> float:
+    """The weight of each neighbour when every peer holds at most ``cap`` of them."""
+    return 1.0 / (1.0 + cap)
 
 
 def weighted_merge(
@@ -66,22 +84,36 @@ Loop = RoundLoop[ModelMessage]
 
 class DPSGDPolicy:
     """D-PSGD's part of the round loop: wait for every neighbour's model of this round,
-    merge with Metropolis–Hastings weights."""
+    merge with Metropolis–Hastings weights (fixed neighbours) or max-degree weights
+    (``cap`` set: dynamic neighbours, see :meth:`dynamic`)."""
 
     waits = True
     accepts_any_message = False
 
-    def __init__(self, config: DPSGDConfig, weights: Mapping[PeerId, float]) -> None:
+    def __init__(
+        self, config: DPSGDConfig, weights: Mapping[PeerId, float], *, cap: int | None = None
+    ) -> None:
+        if cap is not None and cap < 1:
+            raise ValueError(f"cap must be at least 1 neighbour, got {cap}")
         self.config = config
         self.weights = dict(weights)
+        #: Dynamic neighbours: at most this many, each weighted 1 / (1 + cap).
+        self.cap = cap
         #: round -> sender -> its model of that round (this round's, and later ones).
         self.inbox: defaultdict[int, dict[PeerId, Params]] = defaultdict(dict)
+
+    @classmethod
+    def dynamic(cls, config: DPSGDConfig, cap: int) -> DPSGDPolicy:
+        """No neighbours yet; each peer taken up weighs 1 / (1 + cap), ``cap`` at most."""
+        return cls(config, {}, cap=cap)
 
     def model_round(self, message: ModelMessage) -> int:
         return message.round
 
     def take(self, loop: Loop, sender: PeerId, message: ModelMessage) -> bool:
         current = message.round == loop.round and loop.waiting
+        if self.cap is not None and message.round > loop.round + MAX_ROUNDS_AHEAD:
+            return True  # not stored, but its sender is past this round: not waited for
         if message.round > loop.round or current:
             self.inbox[message.round][sender] = message.params
             return True
@@ -89,7 +121,12 @@ class DPSGDPolicy:
 
     def ready(self, loop: Loop) -> bool:
         arrived = self.inbox.get(loop.round, {})
-        return all(peer in arrived for peer in loop.neighbours)
+        return all(peer in arrived or self._moved_on(loop, peer) for peer in loop.neighbours)
+
+    def _moved_on(self, loop: Loop, peer: PeerId) -> bool:
+        """Dynamic neighbours: ``peer`` sent a later round, so its model of this one will
+        not come (rounds drift on real peers; the replay check would refuse it anyway)."""
+        return self.cap is not None and loop.last_round_from.get(peer, -1) > loop.round
 
     def trained(self, loop: Loop, params: Params) -> Params:
         return params
@@ -106,7 +143,10 @@ class DPSGDPolicy:
         return weighted_merge(loop.params, arrived, self.weights), len(arrived)
 
     def peer_up(self, loop: Loop, peer: PeerId) -> bool:
-        return False  # no weight for it: D-PSGD's graph is fixed at start
+        if self.cap is None or len(self.weights) >= self.cap:
+            return False  # fixed graph: no weight for it; or the cap is reached
+        self.weights[peer] = max_degree_weight(self.cap)
+        return True
 
     def peer_down(self, loop: Loop, peer: PeerId) -> None:
         # Its weight moves to the self weight, as in MH on the smaller graph.
@@ -114,14 +154,27 @@ class DPSGDPolicy:
 
 
 class DPSGDCore(LoopState[ModelMessage]):
-    """Sans-I/O D-PSGD for one peer."""
+    """Sans-I/O D-PSGD for one peer: fixed neighbours with the given ``weights``, or
+    dynamic ones (:meth:`dynamic`)."""
 
     def __init__(
-        self, config: DPSGDConfig, weights: Mapping[PeerId, float], params: Params
+        self,
+        config: DPSGDConfig,
+        weights: Mapping[PeerId, float],
+        params: Params,
+        *,
+        round: int = 0,
+        cap: int | None = None,
     ) -> None:
         self.config = config
-        self.policy = DPSGDPolicy(config, weights)
-        self.loop = RoundLoop(config, list(weights), params, self.policy)
+        self.policy = DPSGDPolicy(config, weights, cap=cap)
+        self.loop = RoundLoop(config, list(weights), params, self.policy, round=round)
+
+    @classmethod
+    def dynamic(cls, config: DPSGDConfig, cap: int, params: Params, *, round: int = 0) -> DPSGDCore:
+        """D-PSGD on a real peer: neighbours come (PeerUp, while fewer than ``cap``) and
+        go (PeerDown), each weighted 1 / (1 + cap); ``round`` > 0 when resuming."""
+        return cls(config, {}, params, round=round, cap=cap)
 
     @property
     def weights(self) -> dict[PeerId, float]:

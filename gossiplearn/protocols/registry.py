@@ -84,9 +84,12 @@ def _gossip(spec: CoreSpec) -> GossipCore:
 
 def _dpsgd(spec: CoreSpec) -> DPSGDCore:
     config = DPSGDConfig(spec.rounds, spec.steps, spec.settings.merge_timeout, spec.samples)
-    if spec.weights is None:
-        raise ValueError("dpsgd: a peer needs its neighbours' mixing weights")
-    return DPSGDCore(config, spec.weights, spec.params)
+    if spec.weights is not None:  # the simulator: fixed neighbours, Metropolis–Hastings
+        return DPSGDCore(config, spec.weights, spec.params)
+    cap = getattr(spec.settings, "neighbours", None)  # a real peer's PeerConfig has it
+    if not isinstance(cap, int):
+        raise ValueError("dpsgd: a peer needs its neighbours' weights or a neighbour cap")
+    return DPSGDCore.dynamic(config, cap, spec.params, round=spec.round)
 
 
 def _sybilwall(spec: CoreSpec) -> SybilWallCore:
