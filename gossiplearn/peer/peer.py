@@ -394,6 +394,7 @@ class Peer:
             params=params,
             rng=self._core_rng,
             round=round_,
+            neighbour_cap=c.neighbours,
             signer=signer,
             verifier=verifier,
             merge=None if self.attack is None else attacker_merge(self.attack, c.beta),

@@ -58,8 +58,10 @@ class CoreSpec:
     merge: Merge | None = None
     weigh: Weigh | None = None
     #: D-PSGD: each neighbour's mixing weight (the neighbours themselves); None on a real
-    #: peer, whose neighbours come and go: max-degree weights over ``settings``' neighbour cap.
+    #: peer, whose neighbours come and go: max-degree weights over ``neighbour_cap``.
     weights: Mapping[PeerId, float] | None = None
+    #: A real peer's most neighbours (D-PSGD's max-degree weights: 1 / (1 + cap) each).
+    neighbour_cap: int | None = None
     #: Bristle: the peer's own (featurised) training data, to draw its validation set from.
     data: tuple[np.ndarray, np.ndarray] | None = None
     #: MoDeST: the initial view, whether the peer joins a running network, and which
@@ -86,10 +88,9 @@ def _dpsgd(spec: CoreSpec) -> DPSGDCore:
     config = DPSGDConfig(spec.rounds, spec.steps, spec.settings.merge_timeout, spec.samples)
     if spec.weights is not None:  # the simulator: fixed neighbours, Metropolis–Hastings
         return DPSGDCore(config, spec.weights, spec.params)
-    cap = getattr(spec.settings, "neighbours", None)  # a real peer's PeerConfig has it
-    if not isinstance(cap, int):
+    if spec.neighbour_cap is None:
         raise ValueError("dpsgd: a peer needs its neighbours' weights or a neighbour cap")
-    return DPSGDCore.dynamic(config, cap, spec.params, round=spec.round)
+    return DPSGDCore.dynamic(config, spec.neighbour_cap, spec.params, round=spec.round)
 
 
 def _sybilwall(spec: CoreSpec) -> SybilWallCore:
