@@ -51,6 +51,13 @@ def test_the_cause_deep_in_a_libp2p_chain_is_named(inner: Exception, kind: str, 
     assert words in failure.text()
 
 
+def test_a_handshake_cut_short_by_the_deadline_is_a_timeout() -> None:
+    negotiation = RuntimeError("failed to negotiate the secure protocol")
+    negotiation.__context__ = TimeoutError()
+    failure = classify(wrapped(negotiation))
+    assert failure is not None and failure.kind == "timeout"
+
+
 def test_an_unknown_error_keeps_its_own_text() -> None:
     assert classify(ValueError("odd")) is None
     assert explain(ValueError("odd"), "fallback text") == "fallback text"

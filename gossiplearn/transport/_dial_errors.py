@@ -121,8 +121,10 @@ def _kind_of(error: BaseException) -> str | None:
     return None
 
 
-#: When several causes are present, the most specific wins.
-_PRIORITY = ("wrong-peer-id", "no-address", "refused", "unreachable", "security", "timeout",
+#: When several causes are present, the most specific wins. A timeout outranks a failed
+#: negotiation: a handshake cut short by the deadline (a slow or overloaded peer) also
+#: leaves a multiselect error in the chain, and the deadline is what happened.
+_PRIORITY = ("wrong-peer-id", "no-address", "refused", "unreachable", "timeout", "security",
              "closed")  # fmt: skip
 
 
