@@ -27,6 +27,7 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import DATASETS
 from gossiplearn.learning.models import MODELS
 from gossiplearn.learning.partition import parse_partition
+from gossiplearn.protocols.bristle import BristleConfig
 from gossiplearn.protocols.gossip import GossipConfig
 from gossiplearn.protocols.modest import ModestConfig
 from gossiplearn.protocols.sybilwall import SybilWallConfig
@@ -182,6 +183,25 @@ class LearningConfig(BaseModel):
             lam=float(options.get("lam", 0.8)),
             max_records=int(options.get("max_records", 64)),
         )
+
+    def bristle_config(self, rounds: int, local_steps: int, samples: int) -> BristleConfig:
+        """The Bristle core's settings (its options from aggregator_params)."""
+        options = self.aggregator_params
+        return BristleConfig(
+            rounds=rounds,
+            local_steps=local_steps,
+            merge_timeout=self.merge_timeout,
+            samples=samples,
+            alpha=float(options.get("alpha", 0.4)),
+            candidates=int(options.get("candidates", 10)),
+            overlap=int(options.get("overlap", 3)),
+            max_models=int(options.get("max_models", 20)),
+            center=bool(options.get("center", 1)),
+        )
+
+    def validation_per_class(self) -> int:
+        """Bristle: local samples of each class a peer judges heads on."""
+        return int(self.aggregator_params.get("validation_per_class", 10))
 
     def steps_per_round(self, steps_per_epoch: int) -> int:
         if self.local_steps is not None:

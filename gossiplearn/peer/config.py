@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gossiplearn.attacks import parse_attack
 from gossiplearn.config import CORE_AGGREGATORS, LearningConfig
@@ -38,17 +38,14 @@ class PeerConfig(LearningConfig):
 
     @model_validator(mode="after")
     def _attack_fits(self) -> PeerConfig:
+        if self.aggregator in CORE_AGGREGATORS and self.protocol != "gossip":
+            raise ValueError(f"aggregator {self.aggregator!r} runs with protocol gossip")
         if self.attack is not None:
             parse_attack(self.attack)
             if self.protocol != "gossip":
                 raise ValueError("a peer attacks with protocol gossip only")
+            if self.aggregator == "bristle":
+                raise ValueError("attack: a bristle peer does not attack on real peers (simulate)")
         elif self.sybils > 1:
             raise ValueError("sybils: only an attacker holds Sybil identities; set attack")
         return self
-
-    @field_validator("aggregator")
-    @classmethod
-    def _merge_rule(cls, value: str) -> str:
-        if value in CORE_AGGREGATORS and value != "sybilwall":
-            raise ValueError(f"aggregator {value!r} runs in the simulator only (simulate)")
-        return value

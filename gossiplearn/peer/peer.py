@@ -31,6 +31,7 @@ from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.peer.bristle_setup import BristleAdapter
 from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.discovery import (
@@ -49,6 +50,7 @@ from gossiplearn.peer.quarantine import Quarantine
 from gossiplearn.peer.reachability import Reachability
 from gossiplearn.peer.sybils import SybilIdentities
 from gossiplearn.protocols.bounds import ModelBounds
+from gossiplearn.protocols.bristle import BristleCore
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
     AnyEffect,
@@ -184,6 +186,12 @@ class Peer:
         seeds = np.random.SeedSequence(self.config.seed).spawn(3)
         self.attack = parse_attack(self.config.attack) if self.config.attack else None
         x, y = train_data
+        #: Bristle: inputs featurised once, its core, heads stamped with the extractor.
+        self.bristle = BristleAdapter(model) if self.config.aggregator == "bristle" else None
+        if self.bristle is not None:
+            x = self.bristle.features(x)
+            if test_data is not None:
+                test_data = (self.bristle.features(test_data[0]), test_data[1])
         #: Clean and poisoned training data of a data attacker (see set_attack).
         self._data_modes: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.attack is not None and self.attack.kind == "data":
@@ -203,7 +211,9 @@ class Peer:
         self.evaluator = Evaluator(_clone(model), *test_data) if test_data is not None else None
         self.spec = spec_of(self.learner.params())
         self._core_rng = np.random.default_rng(seeds[1])
-        self.core: GossipCore | ModestCore | SybilWallCore | AttackerCore | None = None
+        self.core: GossipCore | ModestCore | SybilWallCore | BristleCore | AttackerCore | None = (
+            None
+        )
         self.book: AddressBook | None = None
         self.neighbours: list[str] = []
         #: Dialled peers on probation (-> the source of their address): they become
@@ -362,7 +372,7 @@ class Peer:
 
     def _make_core(
         self, params: dict[str, Any], round_: int
-    ) -> GossipCore | ModestCore | SybilWallCore | AttackerCore:
+    ) -> GossipCore | ModestCore | SybilWallCore | BristleCore | AttackerCore:
         c = self.config
         steps = c.steps_per_round(self.learner.steps_per_epoch())
         rounds = c.rounds or sys.maxsize
@@ -384,6 +394,8 @@ class Peer:
                 self.peer_id, sybilwall, [], params, self._core_rng, round=round_,
                 signer=signer, verifier=verifier,
             )  # fmt: skip
+        if self.bristle is not None:
+            return self.bristle.core(c, rounds, steps, self.learner, params, round_, self._core_rng)
         gossip = c.gossip_config(rounds, steps, self.learner.samples)
         merge = get_aggregator(c.aggregator, **c.aggregator_options())
         core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_)
@@ -409,7 +421,7 @@ class Peer:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         if isinstance(core, ModestCore):
             return core.round_estimate
-        return core.round if isinstance(core, GossipCore | SybilWallCore) else 0
+        return core.round if isinstance(core, GossipCore | SybilWallCore | BristleCore) else 0
 
     def _resume(self, fresh: dict[str, Any]) -> tuple[dict[str, Any], int]:
         assert self.state_dir is not None
@@ -546,7 +558,7 @@ class Peer:
         if self.reach.skip(peer, asyncio.get_running_loop().time()):
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
-        payload = await asyncio.to_thread(encode, message)
+        payload = await asyncio.to_thread(encode, self._stamped(message))
         if self.sybils.transports and self._attacking and self.book is not None:
             self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
         started = asyncio.get_running_loop().time()
@@ -564,6 +576,9 @@ class Peer:
         self.traffic["messages_out"] += 1
         seconds = asyncio.get_running_loop().time() - started
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
+
+    def _stamped(self, message: Message) -> Message:
+        return self.bristle.stamp(message) if self.bristle is not None else message
 
     def _unreachable(self, peer: str, what: str, error: BaseException) -> None:
         """A send to ``peer`` failed: stop waiting for it (it leaves the neighbours), skip
@@ -621,9 +636,9 @@ class Peer:
 
     async def _probe_payload(self) -> tuple[str, bytes]:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, GossipCore) and self._final_round is None:
+        if isinstance(core, GossipCore | BristleCore) and self._final_round is None:
             message = ModelMessage(core.round, core.params, core.config.samples)
-            return MODEL_PROTOCOL, await asyncio.to_thread(encode, message)
+            return MODEL_PROTOCOL, await asyncio.to_thread(encode, self._stamped(message))
         return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
 
     def _serve_final(self, event: MessageReceived[Any]) -> None:
@@ -631,7 +646,7 @@ class Peer:
         wait for us (each answer carries a round newer than the last it got from us)."""
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         message = event.message
-        if not self.serve_when_finished or not isinstance(core, GossipCore):
+        if not self.serve_when_finished or not isinstance(core, GossipCore | BristleCore):
             return
         if not isinstance(message, ModelMessage) or event.sender not in self.neighbours:
             return
@@ -661,6 +676,8 @@ class Peer:
         limit = int(self.config.max_message_mb * 2**20)
         try:
             message = await asyncio.to_thread(decode_message, payload, self.spec, max_bytes=limit)
+            if self.bristle is not None:  # only heads on this peer's extractor
+                message = self.bristle.check(sender, message)
             if not isinstance(message, ModelMessage) and not (
                 self.core is not None and speaks_any_message(self.core)
             ):
@@ -886,7 +903,7 @@ class Peer:
         """Go first with a peer we dialled: send it our model, so that an honest peer
         makes us its neighbour and answers with its own (a silent one is dropped)."""
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, GossipCore | SybilWallCore):
+        if isinstance(core, GossipCore | SybilWallCore | BristleCore):
             await self._send(peer, ModelMessage(core.round, core.params, core.config.samples))
 
     def _on_useful(self, peer: str) -> None:

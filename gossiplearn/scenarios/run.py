@@ -32,7 +32,7 @@ from gossiplearn.learning.partition import partition
 from gossiplearn.learning.pool import SequentialPool, deferring
 from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
 from gossiplearn.learning.trainer import Evaluator, Learner
-from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, pick_validation
+from gossiplearn.protocols.bristle import BristleCore, validation_from
 from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore, metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgConfig, FedAvgServer
@@ -235,21 +235,9 @@ def _bristle_core(
     params: Params | None = None,
 ) -> BristleCore:
     """A Bristle peer; its validation set is drawn from its own (featurized) data."""
-    options = config.aggregator_options()
-    bristle = BristleConfig(
-        rounds=config.rounds,
-        local_steps=_local_steps(config, learner),
-        merge_timeout=config.merge_timeout,
-        samples=learner.samples,
-        alpha=float(options.get("alpha", 0.4)),
-        candidates=int(options.get("candidates", 10)),
-        overlap=int(options.get("overlap", 3)),
-        max_models=int(options.get("max_models", 20)),
-        center=bool(options.get("center", 1)),
-    )
-    labels = learner.y.numpy()
-    rows = pick_validation(labels, int(options.get("validation_per_class", 10)), rng)
-    validation = ValidationSet(learner.x[rows].numpy(), labels[rows])
+    bristle = config.bristle_config(config.rounds, _local_steps(config, learner), learner.samples)
+    per_class = config.validation_per_class()
+    validation = validation_from(learner.x.numpy(), learner.y.numpy(), per_class, rng)
     start = learner.params() if params is None else params
     return BristleCore(bristle, neighbours, start, validation, rng, round=round_)
 
