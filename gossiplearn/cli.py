@@ -59,7 +59,7 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
         "sybilwall (gossip protocol: gossips signed histories to find Sybils), "
-        "bristle (gossip protocol, simulate only: frozen pretrained features, merges "
+        "bristle (gossip protocol: frozen pretrained features, merges "
         "output layers by per-class F1; extractor=PATH from gossiplearn pretrain)",
     )
     add(

@@ -221,6 +221,10 @@ class LearningConfig(BaseModel):
             center=bool(options.get("center", 1)),
         )
 
+    def validation_per_class(self) -> int:
+        """Bristle: local samples of each class a peer judges heads on."""
+        return int(self.aggregator_params.get("validation_per_class", 10))
+
     def steps_per_round(self, steps_per_epoch: int) -> int:
         if self.local_steps is not None:
             return self.local_steps

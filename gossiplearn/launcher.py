@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from gossiplearn.config import CORE_AGGREGATORS, RunConfig, topology_seed
+from gossiplearn.config import RunConfig, topology_seed
 from gossiplearn.errors import ConfigError, GossiplearnError
+from gossiplearn.peer.bristle_setup import shared_extractor
 from gossiplearn.peer.config import check_real_protocol
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.topologies import build_topology
@@ -59,8 +60,8 @@ class Launcher:
 
     def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 180.0) -> None:
         check_real_protocol(config.protocol)
-        if config.aggregator in CORE_AGGREGATORS and config.aggregator != "sybilwall":
-            raise ConfigError(f"aggregator {config.aggregator!r} runs in simulate only")
+        if config.attack is not None and config.aggregator == "bristle":
+            raise ConfigError("attack: bristle peers do not attack in launch (simulate)")
         if config.protocol == "modest" and config.joining_peers():
             raise ConfigError("timeline: peers join real runs with protocol gossip only")
         self.config = config
@@ -93,6 +94,8 @@ class Launcher:
         from gossiplearn.transport.libp2p import generate_identity
 
         self.out.mkdir(parents=True, exist_ok=True)
+        # bristle: one extractor file for every peer (pretrained here if none is given)
+        self.config = await asyncio.to_thread(shared_extractor, self.config, self.out)
         self.started = time.monotonic()
         self.clock_origin = time.time()
         scenario = self.config.model_dump(mode="json")

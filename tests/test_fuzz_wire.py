@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossiplearn.errors import WireError
+from gossiplearn.protocols.bristle_messages import StampedHead
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.messages import ModelMessage, spec_of
 from gossiplearn.protocols.modest_messages import (
@@ -76,6 +77,7 @@ VALID = [
     encode(MembershipAdvert(6, 2, Membership.LEAVE, SIGNATURE)),
     encode(HistoryRecord(2, "peer-x", 3, PARAMS)),
     encode(HistoryRecord(2, 1, 0, PARAMS, SIGNATURE)),
+    encode(StampedHead(4, PARAMS, 12, "0123456789abcdef")),
 ]
 #: Arbitrary msgpack values to put in a valid message's fields.
 VALUES = st.recursive(

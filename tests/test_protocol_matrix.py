@@ -40,7 +40,8 @@ def roles(path: Path, network: InMemoryNetwork) -> list[Peer]:
 @pytest.mark.parametrize("protocol", sorted(BUILDERS))
 async def test_each_protocol_learns_from_a_scenario_file(protocol: str, tmp_path: Path) -> None:
     path = tmp_path / "scenario.json"
-    path.write_text(json.dumps(SCENARIO | {"protocol": protocol}))
+    model = "mlp" if protocol == "bristle" else "logreg"  # bristle: an extractor to pretrain
+    path.write_text(json.dumps(SCENARIO | {"protocol": protocol, "model": model}))
     peers = roles(path, InMemoryNetwork())
     async with asyncio.timeout(120), peers[0], peers[1], peers[2]:
         await asyncio.gather(*(peer.finished() for peer in peers))

@@ -349,10 +349,8 @@ def test_bad_sybilwall_settings_are_named(values: dict[str, Any], message: str) 
         make_config(**(BASE | dict(aggregator="sybilwall") | values))
 
 
-def test_real_peers_run_sybilwall_and_refuse_bristle() -> None:
+def test_real_peers_run_sybilwall() -> None:
     assert PeerConfig(aggregator="sybilwall").aggregator == "sybilwall"
-    with pytest.raises(ValueError, match="simulator only"):
-        PeerConfig(aggregator="bristle")
 
 
 def test_sybilwall_resists_a_sybil_label_flip_attack_better_than_mean() -> None:

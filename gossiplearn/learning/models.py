@@ -127,6 +127,11 @@ class FrozenFeatureHead(nn.Module):
     def num_features(self) -> int:
         return self.head.in_features
 
+    @property
+    def extractor(self) -> nn.Module:
+        """The frozen layers under the head."""
+        return self._frozen[0]
+
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """The extractor's output [N, features] for images [N, C, H, W]."""

@@ -175,7 +175,8 @@ def save_extractor(extractor: Extractor, path: Path) -> None:
         "seed": extractor.seed,
         "test_accuracy": extractor.test_accuracy,
     }
-    partial = path.with_name(path.name + ".partial")
+    # One partial file per process: peers started together may cache the same extractor.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     torch.save(blob, partial)
     partial.replace(path)  # never leave a half-written file under the real name
 
@@ -270,7 +271,10 @@ def extractor_for_run(
         f"gets, and caching it at {cached}"
     )
     extractor = pretrain(data, model, seed=seed)
-    save_extractor(extractor, cached)
+    try:
+        save_extractor(extractor, cached)
+    except OSError as error:  # the run needs the extractor, not the cache
+        notify(f"bristle: cannot cache the extractor at {cached} ({error}); using it uncached")
     notify(
         f"bristle: pretrained on {extractor.describe()}; "
         f"test accuracy {extractor.test_accuracy:.4f}"

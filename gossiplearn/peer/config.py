@@ -68,6 +68,11 @@ class PeerConfig(LearningConfig):
 
     @model_validator(mode="after")
     def _attack_fits(self) -> PeerConfig:
+        if self.aggregator in CORE_AGGREGATORS and self.protocol != "gossip":
+            raise ValueError(
+                f"aggregator {self.aggregator!r} is a protocol of its own; {self.protocol} "
+                "merges with its own rule: drop the aggregator or run protocol gossip"
+            )
         if self.attack is not None:
             parse_attack(self.attack)
             if self.protocol != "gossip":
@@ -75,18 +80,8 @@ class PeerConfig(LearningConfig):
                     f"attack: a peer attacks with protocol gossip only, not {self.protocol!r}: "
                     "drop the attack or run protocol gossip"
                 )
+            if self.aggregator == "bristle":
+                raise ValueError("attack: a bristle peer does not attack on real peers (simulate)")
         elif self.sybils > 1:
             raise ValueError("sybils: only an attacker holds Sybil identities; set attack")
-        if self.protocol == "dpsgd" and self.aggregator == "sybilwall":
-            raise ValueError(
-                "aggregator 'sybilwall' runs with protocol gossip; dpsgd merges with its own "
-                "weights: drop the aggregator or run protocol gossip"
-            )
         return self
-
-    @field_validator("aggregator")
-    @classmethod
-    def _merge_rule(cls, value: str) -> str:
-        if value in CORE_AGGREGATORS and value != "sybilwall":
-            raise ValueError(f"aggregator {value!r} runs in the simulator only (simulate)")
-        return value

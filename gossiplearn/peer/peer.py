@@ -32,6 +32,7 @@ from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.peer.bristle_setup import BristleAdapter
 from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from gossiplearn.peer.clock import Cancellable, Clock, LoopClock
 from gossiplearn.peer.config import PeerConfig
@@ -195,6 +196,12 @@ class Peer:
         seeds = np.random.SeedSequence(self.config.seed).spawn(3)
         self.attack = parse_attack(self.config.attack) if self.config.attack else None
         x, y = train_data
+        #: Bristle: inputs featurised once, its core, heads stamped with the extractor.
+        self.bristle = BristleAdapter(model) if self.config.aggregator == "bristle" else None
+        if self.bristle is not None:
+            x = self.bristle.features(x)
+            if test_data is not None:
+                test_data = (self.bristle.features(test_data[0]), test_data[1])
         #: Clean and poisoned training data of a data attacker (see set_attack).
         self._data_modes: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.attack is not None and self.attack.kind == "data":
@@ -395,6 +402,7 @@ class Peer:
             rng=self._core_rng,
             round=round_,
             neighbour_cap=c.neighbours,
+            data=(self.learner.x.numpy(), self.learner.y.numpy()) if name == "bristle" else None,
             signer=signer,
             verifier=verifier,
             merge=None if self.attack is None else attacker_merge(self.attack, c.beta),
@@ -555,7 +563,7 @@ class Peer:
         if self.reach.skip(peer, self.clock.time()):
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
-        payload = await self.clock.run_blocking(encode, message)
+        payload = await self.clock.run_blocking(encode, self._stamped(message))
         if self.sybils.transports and self._attacking and self.book is not None:
             self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
         started = self.clock.time()
@@ -573,6 +581,9 @@ class Peer:
         self.traffic["messages_out"] += 1
         seconds = self.clock.time() - started
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
+
+    def _stamped(self, message: Message) -> Message:
+        return self.bristle.stamp(message) if self.bristle is not None else message
 
     def _unreachable(self, peer: str, what: str, error: BaseException) -> None:
         """A send to ``peer`` failed: stop waiting for it (it leaves the neighbours), skip
@@ -631,7 +642,7 @@ class Peer:
         core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
         if isinstance(core, LoopState) and self._final_round is None:
             message = ModelMessage(core.round, core.params, core.samples)
-            return MODEL_PROTOCOL, await self.clock.run_blocking(encode, message)
+            return MODEL_PROTOCOL, await self.clock.run_blocking(encode, self._stamped(message))
         return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
 
     def _serve_final(self, event: MessageReceived[Any]) -> None:
@@ -670,6 +681,8 @@ class Peer:
         try:
             decode = functools.partial(decode_message, max_bytes=limit)
             message = await self.clock.run_blocking(decode, payload, self.spec)
+            if self.bristle is not None:  # only heads on this peer's extractor
+                message = self.bristle.check(sender, message)
             if not isinstance(message, ModelMessage) and not (
                 self.core is not None and speaks_any_message(self.core)
             ):

@@ -24,6 +24,7 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.learning.models import build_model
 from gossiplearn.learning.partition import partition
+from gossiplearn.peer.bristle_setup import peer_transfer
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.metrics import PeerMetrics
 from gossiplearn.peer.peer import Peer
@@ -84,6 +85,10 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     from the shared seed and keeps slice ``index``."""
     seed = options.config.seed
     data = load_dataset(options.dataset, options.data_dir, seed=seed)
+    transfer = None
+    if options.config.aggregator == "bristle":  # peers never get the extractor's rows
+        transfer = peer_transfer(options.config, options.model, data)
+        data = transfer.peer_data
     if options.scenario is not None:
         from gossiplearn.plan import planned_shard
 
@@ -93,7 +98,10 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         rows = partition(data.train_y, options.partition, options.of, rng)[options.index]
         init_seed = seed if options.shared_init else seed * 1_000_003 + options.index + 1
     shard = torch.from_numpy(rows)
-    model = build_model(options.model, data.input_shape, data.num_classes, seed=init_seed)
+    if transfer is not None:  # a frozen extractor under a zero head: no init to seed
+        model: torch.nn.Module = transfer.model()
+    else:
+        model = build_model(options.model, data.input_shape, data.num_classes, seed=init_seed)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     test = (torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
     return Peer(

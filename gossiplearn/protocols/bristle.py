@@ -92,6 +92,17 @@ def pick_validation(
     return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
 
 
+def validation_from(
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    per_class: int,
+    rng: np.random.Generator,
+) -> ValidationSet:
+    """A peer's validation set: up to ``per_class`` of its own samples of each class."""
+    rows = pick_validation(labels, per_class, rng)
+    return ValidationSet(features[rows], labels[rows])
+
+
 Loop = RoundLoop[ModelMessage]
 
 

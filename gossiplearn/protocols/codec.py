@@ -152,6 +152,7 @@ _WIRE_CLASSES: dict[type[Any], WireType[Any]] = {}
 _BUILTIN_WIRE_MODULES = (
     "gossiplearn.protocols.modest_messages",
     "gossiplearn.protocols.sybilwall_messages",
+    "gossiplearn.protocols.bristle_messages",
 )
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gossiplearn.aggregation import get_aggregator
-from gossiplearn.protocols.bristle import BristleCore, ValidationSet, pick_validation
+from gossiplearn.protocols.bristle import BristleCore, validation_from
 from gossiplearn.protocols.dpsgd import DPSGDConfig, DPSGDCore
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.gossip import GossipCore, Merge, Weigh
@@ -28,9 +28,6 @@ from gossiplearn.types import Params, PeerId
 
 if TYPE_CHECKING:
     from gossiplearn.config import LearningConfig
-
-#: Validation rows a Bristle peer draws per class from its own data, by default.
-VALIDATION_PER_CLASS = 10
 
 
 @dataclass(frozen=True)
@@ -106,11 +103,9 @@ def _bristle(spec: CoreSpec) -> BristleCore:
     if spec.data is None:
         raise ValueError("bristle: a peer needs its own training data for validation")
     config = spec.settings.bristle_config(spec.rounds, spec.steps, spec.samples)
-    x, labels = spec.data
-    options = spec.settings.aggregator_params
-    per_class = int(options.get("validation_per_class", VALIDATION_PER_CLASS))
-    rows = pick_validation(labels, per_class, spec.rng)
-    validation = ValidationSet(x[rows], labels[rows])
+    features, labels = spec.data
+    per_class = spec.settings.validation_per_class()
+    validation = validation_from(features, labels, per_class, spec.rng)
     return BristleCore(config, spec.neighbours, spec.params, validation, spec.rng, round=spec.round)
 
 

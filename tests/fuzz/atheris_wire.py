@@ -18,6 +18,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
+    import gossiplearn.protocols.bristle_messages
     import gossiplearn.protocols.modest_messages
     import gossiplearn.protocols.sybilwall_messages  # noqa: F401 (instrumented for coverage)
     from gossiplearn.errors import WireError
