@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gossiplearn.aggregation import get_aggregator
+from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.core import AttackerCore
 from gossiplearn.attacks.data import poison_data
@@ -47,7 +47,7 @@ from gossiplearn.peer.discovery import (
 )
 from gossiplearn.peer.quarantine import Quarantine
 from gossiplearn.peer.reachability import Reachability
-from gossiplearn.peer.sybils import SybilIdentities
+from gossiplearn.peer.sybils import SybilIdentities, any_port
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
@@ -168,10 +168,11 @@ class Peer:
         self.config = config or PeerConfig()
         max_frame = int(self.config.max_message_mb * 2**20) + 4096
         rate = self.config.inbound_mb_per_second * 2**20
-        if sybil_transports is None:  # on libp2p: fresh keys, listening where the peer does
+        if sybil_transports is None:  # on libp2p: fresh keys, on any port of the peer's host
             sybils = self.config.sybils - 1 if transport is None else 0
+            anywhere = any_port(listen)
             sybil_transports = [
-                _libp2p_transport(listen, None, max_frame, rate, (), self.config.open_timeout)
+                _libp2p_transport(anywhere, None, max_frame, rate, (), self.config.open_timeout)
                 for _ in range(sybils)
             ]
         self.transport = transport or _libp2p_transport(
@@ -247,6 +248,14 @@ class Peer:
         #: Where the last round's time went (seconds): training, pacing, waiting to merge.
         self._round_timing: dict[str, float] = {}
         self._trained_at: float | None = None
+        #: More measures for the "round" event (e.g. a scenario's attack metrics), each
+        #: ``measure(x) -> {name: value}``: of each evaluated round's model (in a worker
+        #: thread, beside the accuracy), and of the core right after each merge (at once:
+        #: the next merge changes it). Set ``weigh_merges`` so that gossip cores keep
+        #: ``merge_shares`` (the share of each sender in the last merge).
+        self.model_measures: list[Callable[[dict[str, Any]], dict[str, float]]] = []
+        self.merge_measures: list[Callable[[object], dict[str, float]]] = []
+        self.weigh_merges = False
 
     # ---- public API -------------------------------------------------------------------
 
@@ -386,7 +395,10 @@ class Peer:
             )  # fmt: skip
         gossip = c.gossip_config(rounds, steps, self.learner.samples)
         merge = get_aggregator(c.aggregator, **c.aggregator_options())
-        core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_)
+        weigh = None
+        if self.weigh_merges and c.aggregator in SHARES:
+            weigh = get_shares(c.aggregator, **c.aggregator_options())
+        core = GossipCore(gossip, [], params, merge, self._core_rng, round=round_, weigh=weigh)
         if self.attack is not None:
             attacker = AttackerCore(core, self.attack, self._core_rng, report=True)
             attacker.active = self._attacking
@@ -444,6 +456,9 @@ class Peer:
         match effect:
             case Send(to=to, message=message):
                 self._spawn(self._send(str(to), message))
+                if self.sybils.transports and self._attacking and self.book is not None:
+                    addresses = self.book.addresses(str(to))
+                    self._spawn(self.sybils.relay(str(to), addresses, message))
             case StartTraining(params=params, steps=steps, token=token):
                 self._spawn(self._train(params, steps, token))
             case SetTimer(delay=delay, name=name, token=token):
@@ -456,6 +471,8 @@ class Peer:
                 if merged:
                     self._emit("merged", {"round": round_, "models": merged})
                 timing = dict(self._round_timing)
+                for measure in self.merge_measures:
+                    timing |= measure(self.core)
                 if self._trained_at is not None:
                     timing["wait_s"] = round(loop.time() - self._trained_at, 3)
                 self._round_timing, self._trained_at = {}, None
@@ -503,6 +520,8 @@ class Peer:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
                 self.accuracy = await asyncio.to_thread(self.evaluator.accuracy, params)
                 info["accuracy"] = self.accuracy
+                for measure in self.model_measures:
+                    info |= await asyncio.to_thread(measure, params)
             if self.state_dir is not None and not await self._checkpoint(round_, params):
                 return
             info |= {k: self.traffic[k] for k in ("bytes_in", "bytes_out")}
@@ -547,8 +566,6 @@ class Peer:
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
         payload = await asyncio.to_thread(encode, message)
-        if self.sybils.transports and self._attacking and self.book is not None:
-            self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.config.send_timeout):

@@ -523,11 +523,18 @@ def write_run(result: RunResult, out: Path) -> None:
 def planned_attackers(config: RunConfig) -> list[int]:
     """The attackers :func:`simulate` picks for ``config``: a real peer of the scenario
     derives whether it attacks the same way (with ``sybils``, it holds that many keys)."""
+    _, adversary = planned_adversary(config)
+    return adversary.attackers if adversary else []
+
+
+def planned_adversary(config: RunConfig) -> tuple[nx.Graph, Adversary | None]:
+    """The topology and adversary :func:`simulate` builds for ``config``: the graph holds
+    the Sybil identities too (ids from the number of peers, joining ones included), each
+    linked to the honest peers it attaches to."""
     total = config.peers + config.joining_peers()
     streams = _Streams.from_seed(config.seed, total)
     graph = build_topology(config.topology, config.peers, streams.topology_seed)
-    adversary = plan_adversary(config, graph, streams.adversary, first_free_id=total)
-    return adversary.attackers if adversary else []
+    return graph, plan_adversary(config, graph, streams.adversary, first_free_id=total)
 
 
 def planned_shard(config: RunConfig, train_y: np.ndarray, index: int) -> tuple[np.ndarray, int]:
