@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -135,6 +136,8 @@ class Launcher:
         addresses, ids = [], []
         for index, port in enumerate(_free_ports(self.total + len(self.plan.owner))):
             folder = self.out / f"peer-{self.plan.owner.get(index, index)}"
+            if index < self.total:
+                _clear(folder)
             folder.mkdir(parents=True, exist_ok=True)
             key = folder / "identity.key" if index < self.total else self._sybil_key(index)
             key.unlink(missing_ok=True)
@@ -329,6 +332,13 @@ class Launcher:
         if metrics:
             plot_accuracy(self.out, [("", metrics)], run_title(summary["config"]) + " · launch")
         return summary
+
+
+def _clear(folder: Path) -> None:
+    """Forget what an earlier run left in a peer's folder: a fresh network must not resume
+    its checkpoints nor add to its metrics."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
 
 
 def _timeline_lines(folder: Path) -> list[str]:
