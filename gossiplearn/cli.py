@@ -180,7 +180,7 @@ def _churn_step(text: str) -> tuple[float, int]:
     raise argparse.ArgumentTypeError(f"{text!r} is not AMOUNT@ROUND, e.g. 0.8@10")
 
 
-_NOT_CONFIG = {"command", "scenario", "out", "quiet", "handler", "timeout"}
+_NOT_CONFIG = {"command", "scenario", "out", "quiet", "handler", "timeout", "open_timeout"}
 
 
 def _load_scenario(path: Path | None) -> dict[str, Any]:
@@ -349,7 +349,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     out = args.out or _default_out(config)
-    launcher = Launcher(config, out)  # checks what real processes can play
+    if args.open_timeout is not None and args.open_timeout <= 0:
+        raise ConfigError(f"--open-timeout must be > 0 seconds, got {args.open_timeout}")
+    # checks what real processes can play
+    launcher = Launcher(config, out, open_timeout=args.open_timeout)
     console.print(f"launching {config.peers} peer processes · {run_title(config.model_dump())}")
 
     async def run() -> dict[str, Any]:
@@ -409,6 +412,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         threads=args.threads or 1,
         announce=announce,
         linger=args.linger,
+        **_sybil_options(args),
     )
     return asyncio.run(run_peer(options))
 
@@ -508,10 +512,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return asyncio.run(run_relay(listen, args.identity, limits=limits, mdns=args.mdns))
 
 
-_SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin"}
+_SCENARIO_ROLE = {"scenario", "index", "roster", "clock_origin", "sybil_identity", "sybil_listen"}
 _PEER_SETTINGS = (
     "neighbours", "exchange_interval", "min_neighbours", "start_timeout", "inbound_mb_per_second",
-    "sybils",
+    "sybils", "open_timeout",
 )  # fmt: skip
 
 
@@ -519,9 +523,8 @@ def _scenario_role(args: argparse.Namespace) -> Any:
     """PeerOptions for role ``--index`` of ``--scenario`` (flags override the file)."""
     from gossiplearn.config import RunConfig, make_config, validated
     from gossiplearn.peer.config import PeerConfig
-    from gossiplearn.peer.scenario import own_steps, peer_config, read_roster
+    from gossiplearn.peer.scenario import attack_plan, own_steps, peer_config, read_roster
     from gossiplearn.peer.standalone import PeerOptions
-    from gossiplearn.plan import planned_attackers
 
     if args.attack is not None:
         raise ConfigError("--attack: a scenario's peer attacks if the scenario says so")
@@ -531,8 +534,8 @@ def _scenario_role(args: argparse.Namespace) -> Any:
     total = config.peers + config.joining_peers()
     if args.index is None or not 0 <= args.index < total:
         raise ConfigError(f"--index must be one of the scenario's peers: 0..{total - 1}")
-    attackers = planned_attackers(config)
-    settings = peer_config(config, args.index, attackers)
+    plan = attack_plan(config)
+    settings = peer_config(config, args.index, plan)
     own = {k: getattr(args, k) for k in _PEER_SETTINGS if getattr(args, k) is not None}
     if own:
         settings = validated(PeerConfig, "options", settings.model_dump() | own)
@@ -548,11 +551,20 @@ def _scenario_role(args: argparse.Namespace) -> Any:
         shared_init=config.shared_init,
         threads=config.threads,
         scenario=config,
-        timeline=own_steps(config, args.index, attackers),
+        timeline=own_steps(config, args.index, plan.attackers),
         roster=read_roster(args.roster),
         clock_origin=args.clock_origin if args.clock_origin is not None else time.time(),
         announce=_announce_addresses(args.announce),
+        attack_plan=plan,
+        **_sybil_options(args),
     )
+
+
+def _sybil_options(args: argparse.Namespace) -> dict[str, Any]:
+    """An attacker's Sybil identities from --sybil-identity/--sybil-listen."""
+    if (args.sybil_identity or args.sybil_listen) and args.sybils is None and not args.scenario:
+        raise ConfigError("--sybil-identity/--sybil-listen: give --attack and --sybils too")
+    return {"sybil_identities": args.sybil_identity, "sybil_listen": args.sybil_listen}
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -584,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     _peer_options(launch)
     _modest_options(launch)
     launch.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
+    launch.add_argument(
+        "--open-timeout",
+        type=float,
+        help="each peer's seconds to open a stream (handshake included) before a peer "
+        "counts as unreachable (default 3; more on a crowded machine)",
+    )
     launch.set_defaults(handler=cmd_launch)
 
     peer = commands.add_parser("peer", help="one real peer (on any machine)")
@@ -660,6 +678,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="with --attack: identities this peer holds, itself included; each has its own "
         "key and address and sends the same poisoned model (default 1)",
+    )
+    add(
+        "--sybil-identity",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="with --sybils K: the key file of one of the other identities (repeat K-1 "
+        "times; default: fresh keys)",
+    )
+    add(
+        "--sybil-listen",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="where that identity listens (one per --sybil-identity; default: any port)",
+    )
+    add(
+        "--open-timeout",
+        type=float,
+        help="seconds to open a stream to a peer (handshake included) before it counts "
+        "as unreachable (default 3)",
     )
     add("--scenario", type=Path, help="play role --index of this scenario (TOML or JSON)")
     add("--index", type=int, help="with --scenario: which of its peers this is (from 0)")

@@ -10,6 +10,14 @@ identity and state dir: they resume from their checkpoint), when the network rea
 event's round or time. Each process writes its own ``peer-i/`` folder (identity,
 checkpoints, metrics, output); :meth:`Launcher.gather` merges them into the
 ``summary.json`` / ``metrics.jsonl`` / ``accuracy.png`` that ``simulate`` writes.
+
+With ``--sybils K`` each attacker process holds K identities: the launcher makes the
+keys and ports of its K−1 Sybil identities too (``peer-A/sybil-S.key``; S numbers them
+on from the peers, as the simulator does, and the roster lists their peer ids), and the
+honest peers each identity attaches to (as ``simulate`` plans it) bootstrap from its
+address, so that they take it as a neighbour. Honest peers measure the attack
+(``attack_success_rate``, ``attacker_weight``); the summary averages them over the
+honest peers that finished, as ``simulate`` averages over its honest peers.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -34,6 +43,8 @@ from gossiplearn.config import RunConfig, topology_seed
 from gossiplearn.errors import ConfigError, GossiplearnError
 from gossiplearn.peer.bristle_setup import shared_extractor
 from gossiplearn.peer.config import check_real_protocol
+from gossiplearn.peer.scenario import attack_plan
+from gossiplearn.peer.standalone import ATTACK_MEASURES
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.topologies import build_topology
 
@@ -58,7 +69,14 @@ class PeerProcess:
 class Launcher:
     """Starts, watches and stops the peer processes of one local network."""
 
-    def __init__(self, config: RunConfig, out: Path, *, start_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out: Path,
+        *,
+        start_timeout: float = 180.0,
+        open_timeout: float | None = None,
+    ) -> None:
         check_real_protocol(config.protocol)
         if config.attack is not None and config.aggregator == "bristle":
             raise ConfigError("attack: bristle peers do not attack in launch (simulate)")
@@ -67,8 +85,11 @@ class Launcher:
         self.config = config
         self.out = out
         self.start_timeout = start_timeout
+        #: Passed on to every peer (--open-timeout): a crowded machine needs more.
+        self.open_timeout = open_timeout
         self.graph = build_topology(config.topology, config.peers, topology_seed(config.seed))
         self.total = config.peers + config.joining_peers()
+        self.plan = attack_plan(config)
         self.steps = [s for s in config.resolved_timeline() if s.kind in ("join", "recover")]
         self.timeline_log: list[dict[str, Any]] = []
         self._rng = np.random.default_rng(config.seed)  # bootstrap peers of joiners
@@ -84,9 +105,22 @@ class Launcher:
         args += ["--roster", str(self.out / "roster.json")]
         args += ["--clock-origin", repr(self.clock_origin)]
         args += ["--out", str(folder), "--state-dir", str(folder / "state")]
+        if self.open_timeout is not None:
+            args += ["--open-timeout", repr(self.open_timeout)]
+        if index < self.config.peers and index >= len(self.peers):  # a first start
+            # The network starts together: on a crowded machine a process may need minutes
+            # to start, and a peer that started round 1 alone would run its rounds alone.
+            args += ["--min-neighbours", str(len(bootstrap))]
+            args += ["--start-timeout", repr(self.start_timeout)]
         for address in bootstrap:
             args += ["--bootstrap", address]
+        for sybil in self.plan.sybils_of(index):
+            args += ["--sybil-identity", str(self._sybil_key(sybil))]
+            args += ["--sybil-listen", self.addresses[sybil].split("/p2p/")[0]]
         return args
+
+    def _sybil_key(self, sybil: int) -> Path:
+        return self.out / f"peer-{self.plan.owner[sybil]}" / f"sybil-{sybil}.key"
 
     async def start(self) -> None:
         """Start every initial peer at once. Identities and ports are chosen up front, so
@@ -101,10 +135,12 @@ class Launcher:
         scenario = self.config.model_dump(mode="json")
         (self.out / "scenario.json").write_text(json.dumps(scenario, indent=2) + "\n")
         addresses, ids = [], []
-        for index, port in enumerate(_free_ports(self.total)):
-            folder = self.out / f"peer-{index}"
+        for index, port in enumerate(_free_ports(self.total + len(self.plan.owner))):
+            folder = self.out / f"peer-{self.plan.owner.get(index, index)}"
+            if index < self.total:
+                _clear(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            key = folder / "identity.key"
+            key = folder / "identity.key" if index < self.total else self._sybil_key(index)
             key.unlink(missing_ok=True)
             ids.append(generate_identity(key))
             addresses.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{ids[-1]}")
@@ -118,8 +154,9 @@ class Launcher:
     def _bootstrap(self, index: int) -> list[str]:
         if self.config.protocol == "modest":  # every peer needs the whole membership
             return [a for j, a in enumerate(self.addresses[: self.config.peers]) if j != index]
-        if index < self.config.peers:
-            return [self.addresses[j] for j in sorted(self.graph.neighbors(index))]
+        if index < self.config.peers:  # its topology neighbours and Sybils attached to it
+            peers = [*sorted(self.graph.neighbors(index)), *self.plan.sybils_at(index)]
+            return [self.addresses[j] for j in peers]
         if index not in self._joiner_bootstrap:  # as many running peers as the mean degree
             degree = max(1, round(2 * self.graph.number_of_edges() / self.config.peers))
             running = [p.index for p in self.peers if p.process.returncode is None]
@@ -257,18 +294,22 @@ class Launcher:
     def gather(self) -> dict[str, Any]:
         """Merge the peers' results into one run folder; return the summary."""
         per_round: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
-        finals: list[dict[str, Any]] = []
+        finals: list[dict[str, Any]] = []  # every peer that finished (attackers too)
+        honest: list[dict[str, Any]] = []  # what is measured, as in simulate
         for peer in self.peers:
+            attacker = peer.index in self.plan.attackers
             lines = _read_jsonl(peer.folder / "metrics.jsonl")
             for line in lines:
-                if "accuracy" in line:
+                if "accuracy" in line and not attacker:
                     per_round[line["round"]].append(line)
             summary_path = peer.folder / "summary.json"
             if summary_path.is_file() and not peer.killed:
                 finals.append(json.loads(summary_path.read_text()))
+                if not attacker:
+                    honest.append(finals[-1])
         metrics = [_round_line(r, lines) for r, lines in sorted(per_round.items())]
         write_metrics(self.out, metrics)
-        accuracies = [f["accuracy"] for f in finals if f.get("accuracy") is not None]
+        accuracies = [f["accuracy"] for f in honest if f.get("accuracy") is not None]
         summary: dict[str, Any] = {
             "mean_accuracy": statistics.fmean(accuracies) if accuracies else None,
             "min_accuracy": min(accuracies, default=None),
@@ -279,6 +320,10 @@ class Launcher:
             "messages_rejected": _sum_counters(f.get("rejected", {}) for f in finals),
             "peers_finished": sum(1 for f in finals if f.get("finished")),
             "peers_killed": [p.index for p in self.peers if p.killed],
+            **dict.fromkeys(ATTACK_MEASURES),
+            **_mean_measures(honest),
+            "attackers": self.plan.attackers,
+            "sybils": sorted(self.plan.owner),
             "timeline": self._timeline(),
             "wall_seconds": round(time.monotonic() - self.started, 3),
             "seed": self.config.seed,
@@ -288,6 +333,13 @@ class Launcher:
         if metrics:
             plot_accuracy(self.out, [("", metrics)], run_title(summary["config"]) + " · launch")
         return summary
+
+
+def _clear(folder: Path) -> None:
+    """Forget what an earlier run left in a peer's folder: a fresh network must not resume
+    its checkpoints nor add to its metrics."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
 
 
 def _timeline_lines(folder: Path) -> list[str]:
@@ -327,6 +379,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
+def _mean_measures(lines: list[dict[str, Any]]) -> dict[str, float]:
+    """Each attack measure averaged over the lines that have it (as simulate does)."""
+    means = {}
+    for key in ATTACK_MEASURES:
+        values = [line[key] for line in lines if line.get(key) is not None]
+        if values:
+            means[key] = statistics.fmean(values)
+    return means
+
+
 def _round_line(round_: int, lines: list[dict[str, Any]]) -> dict[str, Any]:
     accuracies = [line["accuracy"] for line in lines]
     return {
@@ -337,6 +399,7 @@ def _round_line(round_: int, lines: list[dict[str, Any]]) -> dict[str, Any]:
         "max_accuracy": max(accuracies),
         "peers_reporting": len(lines),
         "bytes_sent": sum(line["bytes_out"] for line in lines),
+        **_mean_measures(lines),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 
 from gossiplearn.attacks.adversary import Adversary, plan_adversary
@@ -54,17 +55,18 @@ class Streams:
 def planned_attackers(config: RunConfig) -> list[int]:
     """The attackers :func:`simulate` picks for ``config``: a real peer of the scenario
     derives whether it attacks the same way (with ``sybils``, it holds that many keys)."""
-    adversary = planned_adversary(config)
+    _, adversary = planned_adversary(config)
     return adversary.attackers if adversary else []
 
 
-def planned_adversary(config: RunConfig) -> Adversary | None:
-    """The attackers and their Sybil identities (ids after every real peer's, each with
-    the honest peers it attaches to) that :func:`simulate` plans for ``config``."""
+def planned_adversary(config: RunConfig) -> tuple[nx.Graph, Adversary | None]:
+    """The topology and adversary :func:`simulate` builds for ``config``: the graph holds
+    the Sybil identities too (ids from the number of peers, joining ones included), each
+    linked to the honest peers it attaches to."""
     total = config.peers + config.joining_peers()
     streams = Streams.from_seed(config.seed, total)
     graph = build_topology(config.topology, config.peers, streams.topology_seed)
-    return plan_adversary(config, graph, streams.adversary, first_free_id=total)
+    return graph, plan_adversary(config, graph, streams.adversary, first_free_id=total)
 
 
 def planned_shard(config: RunConfig, train_y: np.ndarray, index: int) -> tuple[np.ndarray, int]:

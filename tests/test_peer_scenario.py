@@ -18,8 +18,14 @@ from gossiplearn.cli import main
 from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import load_dataset
 from gossiplearn.peer import Peer
-from gossiplearn.peer.scenario import TimelineFollower, own_steps, peer_config
-from gossiplearn.plan import planned_attackers, planned_shard
+from gossiplearn.peer.scenario import (
+    AttackPlan,
+    TimelineFollower,
+    attack_plan,
+    own_steps,
+    peer_config,
+)
+from gossiplearn.plan import planned_shard
 from gossiplearn.transport.memory import InMemoryNetwork, memory_address
 
 DATA = load_dataset("digits")
@@ -39,11 +45,12 @@ def test_each_role_derives_its_part_of_the_scenario() -> None:
         {"kind": "attack-start", "at_round": 2, "attack": "sign-flip", "peers": [4]},
     ]
     config = scenario(timeline=timeline)
-    attackers = planned_attackers(config)
+    plan = attack_plan(config)
+    attackers = plan.attackers
     assert attackers == [4]
-    assert peer_config(config, 4, attackers).attack == "sign-flip"
-    assert peer_config(config, 0, attackers).attack is None
-    assert peer_config(config, 0, attackers).neighbours == 2  # a ring's degree
+    assert peer_config(config, 4, plan).attack == "sign-flip"
+    assert peer_config(config, 0, plan).attack is None
+    assert peer_config(config, 0, plan).neighbours == 2  # a ring's degree
     kinds = {i: [s.kind for s in own_steps(config, i, attackers)] for i in (0, 1, 4, 7)}
     assert kinds[1] == ["crash", "partition"]
     assert kinds[4] == ["attack-start", "partition"]
@@ -56,7 +63,8 @@ def test_each_role_derives_its_part_of_the_scenario() -> None:
 
 def make_peer(network: InMemoryNetwork, name: str, index: int, **config: Any) -> Peer:
     base = scenario(attack="label-flip:0:1", attackers=1)
-    settings = peer_config(base, index, [0] if config.pop("attacker", False) else [])
+    plan = AttackPlan(attackers=[0] if config.pop("attacker", False) else [])
+    settings = peer_config(base, index, plan)
     settings = settings.model_copy(update={"min_neighbours": 0, "exchange_interval": 0.2})
     rows, seed = planned_shard(base, DATA.train_y, index)
     from gossiplearn.learning.models import build_model
@@ -205,3 +213,16 @@ def test_a_dpsgd_role_weighs_neighbours_by_the_topologys_largest_degree() -> Non
     config = scenario(protocol="dpsgd", topology="regular:4")
     settings = peer_config(config, 0, [])
     assert (settings.protocol, settings.neighbours) == ("dpsgd", 4)
+
+
+def test_attack_plan_numbers_sybils_after_the_peers_and_attaches_them_to_honest_ones() -> None:
+    config = scenario(peers=8, topology="regular:4", attack="label-flip:0:1", attackers=1, sybils=4)
+    plan = attack_plan(config)
+    (attacker,) = plan.attackers
+    assert plan.sybils_of(attacker) == [8, 9, 10]  # numbered on from the peers, as simulate
+    for sybil, peers in plan.attached.items():
+        assert peers and attacker not in peers  # each one attaches to honest peers only
+        assert all(sybil in plan.sybils_at(p) for p in peers)
+    assert plan.max_degree > 4  # honest peers make room for the identities attached to them
+    assert peer_config(config, attacker, plan).sybils == 4
+    assert peer_config(config, 0, plan).neighbours == plan.max_degree

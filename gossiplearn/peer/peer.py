@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gossiplearn.aggregation import SHARES, get_shares
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.adversary import attacker_merge
 from gossiplearn.attacks.core import AttackerCore
@@ -50,7 +51,7 @@ from gossiplearn.peer.discovery import (
 )
 from gossiplearn.peer.quarantine import Quarantine
 from gossiplearn.peer.reachability import Reachability
-from gossiplearn.peer.sybils import SybilIdentities
+from gossiplearn.peer.sybils import SybilIdentities, any_port
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
 from gossiplearn.protocols.events import (
@@ -180,10 +181,11 @@ class Peer:
         self.clock: Clock = clock or LoopClock()
         max_frame = int(self.config.max_message_mb * 2**20) + 4096
         rate = self.config.inbound_mb_per_second * 2**20
-        if sybil_transports is None:  # on libp2p: fresh keys, listening where the peer does
+        if sybil_transports is None:  # on libp2p: fresh keys, on any port of the peer's host
             sybils = self.config.sybils - 1 if transport is None else 0
+            anywhere = any_port(listen)
             sybil_transports = [
-                _libp2p_transport(listen, None, max_frame, rate, (), self.config.open_timeout)
+                _libp2p_transport(anywhere, None, max_frame, rate, (), self.config.open_timeout)
                 for _ in range(sybils)
             ]
         self.transport = transport or _libp2p_transport(
@@ -267,6 +269,14 @@ class Peer:
         #: Where the last round's time went (seconds): training, pacing, waiting to merge.
         self._round_timing: dict[str, float] = {}
         self._trained_at: float | None = None
+        #: More measures for the "round" event (e.g. a scenario's attack metrics), each
+        #: ``measure(x) -> {name: value}``: of each evaluated round's model (in a worker
+        #: thread, beside the accuracy), and of the core right after each merge (at once:
+        #: the next merge changes it). Set ``weigh_merges`` so that gossip cores keep
+        #: ``merge_shares`` (the share of each sender in the last merge).
+        self.model_measures: list[Callable[[dict[str, Any]], dict[str, float]]] = []
+        self.merge_measures: list[Callable[[object], dict[str, float]]] = []
+        self.weigh_merges = False
 
     # ---- public API -------------------------------------------------------------------
 
@@ -392,6 +402,9 @@ class Peer:
             # the peers it bootstraps from (give each peer the whole membership).
             members: list[PeerId] = [self.peer_id, *self._bootstrap_ids()]
             view = dict.fromkeys(members, Activity(0))
+        weigh = None  # merge shares, for attacker_weight (launch with an attack)
+        if self.weigh_merges and self.attack is None and c.aggregator in SHARES:
+            weigh = get_shares(c.aggregator, **c.aggregator_options())
         spec = CoreSpec(
             peer=self.peer_id,
             settings=c,
@@ -406,6 +419,7 @@ class Peer:
             signer=signer,
             verifier=verifier,
             merge=None if self.attack is None else attacker_merge(self.attack, c.beta),
+            weigh=weigh,
             view=view,
             valid_id=is_peer_id if verifier else None,
         )
@@ -463,6 +477,9 @@ class Peer:
         match effect:
             case Send(to=to, message=message):
                 self._spawn(self._send(str(to), message))
+                if self.sybils.transports and self._attacking and self.book is not None:
+                    addresses = self.book.addresses(str(to))
+                    self._spawn(self.sybils.relay(str(to), addresses, message))
             case StartTraining(params=params, steps=steps, token=token):
                 self._spawn(self._train(params, steps, token))
             case SetTimer(delay=delay, name=name, token=token):
@@ -475,6 +492,8 @@ class Peer:
                 if merged:
                     self._emit("merged", {"round": round_, "models": merged})
                 timing = dict(self._round_timing)
+                for measure in self.merge_measures:
+                    timing |= measure(self.core)
                 if self._trained_at is not None:
                     timing["wait_s"] = round(self.clock.time() - self._trained_at, 3)
                 self._round_timing, self._trained_at = {}, None
@@ -520,6 +539,8 @@ class Peer:
             if self.evaluator is not None and round_ % self.config.eval_every == 0:
                 self.accuracy = await self.clock.run_blocking(self.evaluator.accuracy, params)
                 info["accuracy"] = self.accuracy
+                for measure in self.model_measures:
+                    info |= await self.clock.run_blocking(measure, params)
             if self.state_dir is not None and not await self._checkpoint(round_, params):
                 return
             info |= {k: self.traffic[k] for k in ("bytes_in", "bytes_out")}
@@ -564,8 +585,6 @@ class Peer:
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
         payload = await self.clock.run_blocking(encode, self._stamped(message))
-        if self.sybils.transports and self._attacking and self.book is not None:
-            self._spawn(self.sybils.send(peer, self.book.addresses(peer), payload))
         started = self.clock.time()
         try:
             async with asyncio.timeout(self.config.send_timeout):

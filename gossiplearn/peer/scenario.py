@@ -28,15 +28,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossiplearn.config import RunConfig, topology_seed, validated
+from gossiplearn.attacks import parse_attack
+from gossiplearn.config import RunConfig, validated
 from gossiplearn.errors import ConfigError
+from gossiplearn.learning.datasets import Dataset
 from gossiplearn.peer.config import PeerConfig, check_real_protocol
 from gossiplearn.peer.peer import Peer
 from gossiplearn.timeline import Step
-from gossiplearn.topologies import build_topology
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +48,91 @@ OWN_KINDS = ("crash", "leave", "partition", "heal", "attack-start", "attack-stop
 _SHARED = set(PeerConfig.model_fields) - {"attack", "sybils", "neighbours"}
 
 
-def peer_config(config: RunConfig, index: int, attackers: list[int]) -> PeerConfig:
+@dataclass(frozen=True)
+class AttackPlan:
+    """Who attacks in a scenario and where its Sybil identities attach, as ``simulate``
+    plans it. Identities are numbered on from the scenario's peers (joining ones
+    included), as in the simulator; a roster that lists them gives their peer ids."""
+
+    attackers: list[int] = field(default_factory=list)
+    #: Sybil identity -> the attacker that holds it.
+    owner: dict[int, int] = field(default_factory=dict)
+    #: Sybil identity -> the honest peers it attaches to.
+    attached: dict[int, list[int]] = field(default_factory=dict)
+    #: The topology's largest degree, the identities' links included.
+    max_degree: int = 1
+
+    def sybils_of(self, attacker: int) -> list[int]:
+        """The Sybil identities ``attacker`` holds (besides its own)."""
+        return sorted(s for s, a in self.owner.items() if a == attacker)
+
+    def sybils_at(self, peer: int) -> list[int]:
+        """The Sybil identities attached to honest ``peer``."""
+        return sorted(s for s, peers in self.attached.items() if peer in peers)
+
+    def identities(self) -> list[int]:
+        """Every identity of the attack: the attackers and their Sybils."""
+        return sorted([*self.attackers, *self.owner])
+
+
+def attack_plan(config: RunConfig) -> AttackPlan:
+    """The scenario's attack plan (the same on every peer: derived from the seed)."""
+    from gossiplearn.plan import planned_adversary
+
+    graph, adversary = planned_adversary(config)
+    degree = max((d for _, d in graph.degree()), default=1)
+    if adversary is None:
+        return AttackPlan(max_degree=degree)
+    owner, attached = {}, {}
+    for attacker, identities in adversary.identities.items():
+        for identity, neighbours in identities.items():
+            if identity != attacker:
+                owner[int(identity)] = attacker
+                attached[int(identity)] = [int(p) for p in neighbours]
+    return AttackPlan(adversary.attackers, owner, attached, degree)
+
+
+def peer_config(config: RunConfig, index: int, plan: AttackPlan) -> PeerConfig:
     """The PeerConfig of role ``index``: the scenario's learning settings, keeping as many
-    neighbours as the topology's largest degree (dpsgd weighs each 1 / (1 + that)), and
-    the attack if it is an attacker."""
+    neighbours as the topology's largest degree (Sybil links included: an honest peer
+    takes the identities attached to it; dpsgd weighs each 1 / (1 + that)), and the
+    attack if it is an attacker."""
     check_real_protocol(config.protocol)
-    graph = build_topology(config.topology, config.peers, topology_seed(config.seed))
     values = {k: v for k, v in config.model_dump().items() if k in _SHARED}
-    values["neighbours"] = max(d for _, d in graph.degree())
-    if index in attackers:
+    values["neighbours"] = plan.max_degree
+    if index in plan.attackers:
         values["attack"] = config.attack
         values["sybils"] = config.sybils
     return validated(PeerConfig, f"role {index} of the scenario", values)
+
+
+def measure_attack(
+    peer: Peer, config: RunConfig, plan: AttackPlan, roster: list[str], data: Dataset
+) -> None:
+    """Make honest ``peer`` report what ``simulate`` measures of an attack, in each round
+    line: ``attack_success_rate`` of its model on its test data (targeted attacks) and
+    ``attacker_weight``, the share of its last merge that came from the attack's
+    identities (needs the ``roster`` naming them, and a core that reports shares)."""
+    from gossiplearn.attacks.adversary import attack_success, attacker_weight, success_meter
+
+    if config.attack is None:
+        return
+    attack = parse_attack(config.attack)
+    meter = success_meter(attack, data, peer.evaluator) if peer.evaluator else None
+    if meter is not None:
+        peer.model_measures.append(
+            lambda params: {"attack_success_rate": attack_success(meter, params)}
+        )
+    identities = {roster[i] for i in plan.identities() if i < len(roster)}
+    if not identities:
+        return
+    peer.weigh_merges = True
+
+    def weight(core: object) -> dict[str, float]:
+        share = attacker_weight(core, identities)
+        return {} if share is None else {"attacker_weight": share}
+
+    peer.merge_measures.append(weight)
 
 
 def own_steps(config: RunConfig, index: int, attackers: list[int]) -> list[Step]:

@@ -28,10 +28,14 @@ from gossiplearn.peer.bristle_setup import peer_transfer
 from gossiplearn.peer.config import PeerConfig
 from gossiplearn.peer.metrics import PeerMetrics
 from gossiplearn.peer.peer import Peer
-from gossiplearn.peer.scenario import TimelineFollower
+from gossiplearn.peer.scenario import AttackPlan, TimelineFollower, measure_attack
+from gossiplearn.peer.sybils import SybilIdentities, any_port, libp2p_identities
 from gossiplearn.timeline import Step
 from gossiplearn.transport.base import Transport
 from gossiplearn.transport.discovery import NetworkServices
+
+#: What an honest peer of an attacked scenario measures (see measure_attack).
+ATTACK_MEASURES = ("attack_success_rate", "attacker_weight")
 
 
 @dataclass
@@ -67,6 +71,13 @@ class PeerOptions:
     linger: float = 0.0
     #: Discovery and NAT traversal (--network, --mdns, --relay, --relay-service).
     services: NetworkServices | None = None
+    #: An attacker's Sybil identities: key files and listening addresses, one each
+    #: (--sybil-identity, --sybil-listen); none given: fresh keys on any port.
+    sybil_identities: list[Path] = field(default_factory=list)
+    sybil_listen: list[str] = field(default_factory=list)
+    #: A scenario's attack plan: an attacker's identities attach to the honest peers it
+    #: names (those bootstrap from them), and honest peers measure the attack.
+    attack_plan: AttackPlan | None = None
 
 
 def parse_partition_index(text: str) -> tuple[int, int]:
@@ -104,7 +115,8 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         model = build_model(options.model, data.input_shape, data.num_classes, seed=init_seed)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     test = (torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
-    return Peer(
+    sybils = _sybil_transports(options) if transport is None else None
+    peer = Peer(
         model,
         (x[shard], y[shard]),
         test,
@@ -116,7 +128,38 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         state_dir=options.state_dir,
         announce=options.announce,
         services=options.services,
+        sybil_transports=sybils,
     )
+    plan = options.attack_plan
+    if options.scenario is not None and plan is not None:
+        if options.index in plan.attackers:  # its identities have neighbours of their own
+            peer.sybils = SybilIdentities(
+                peer.sybils.transports, options.config.send_timeout, attached=True
+            )
+        else:
+            measure_attack(peer, options.scenario, plan, options.roster, data)
+    return peer
+
+
+def _sybil_transports(options: PeerOptions) -> list[Transport] | None:
+    """The attacker's Sybil identities from --sybil-identity/--sybil-listen (None: the
+    peer makes fresh ones); ConfigError naming the flags if they do not fit --sybils."""
+    keys, listen = options.sybil_identities, options.sybil_listen
+    if not keys and not listen:
+        return None
+    wanted = options.config.sybils - 1
+    if len(keys) != wanted:
+        raise ConfigError(
+            f"--sybil-identity given {len(keys)} times: an attacker with --sybils "
+            f"{options.config.sybils} holds {wanted} identities besides its own; give one "
+            "key file (gossiplearn keygen) for each"
+        )
+    if listen and len(listen) != len(keys):
+        raise ConfigError(
+            f"--sybil-listen given {len(listen)} times for {len(keys)} --sybil-identity "
+            "files: give one address per identity, or none (any port of --listen's host)"
+        )
+    return libp2p_identities(options.config, keys, listen or [any_port(options.listen)] * wanted)
 
 
 async def run_peer(options: PeerOptions, transport: Transport | None = None) -> int:
@@ -130,12 +173,15 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
     if options.metrics_port is not None:
         _serve_metrics(peer, options.metrics_port, options.metrics_address)
     metrics = None
+    last: dict[str, Any] = {}  # the last round's line
     if options.out is not None:
         options.out.mkdir(parents=True, exist_ok=True)
         metrics = (options.out / "metrics.jsonl").open("a")
 
     def on_round(info: dict[str, Any]) -> None:
         line = {"time": round(time.monotonic() - started, 3), **info}
+        last.clear()
+        last.update(line)
         accuracy = f"{info['accuracy']:.4f}" if "accuracy" in info else "   -  "
         print(
             f"round {info['round']:>4}  acc {accuracy}  neighbours {info['neighbours']}  "
@@ -164,6 +210,9 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             print(f"peer id {peer.peer_id}", flush=True)
             for address in peer.transport.addresses:
                 print(f"listening on {address}", flush=True)
+            for sybil in peer.sybils.transports:  # an attacker's other identities
+                for address in sybil.addresses:
+                    print(f"sybil identity listening on {address}", flush=True)
             if follower is not None:
                 clock = follower.attach()
             finished = asyncio.create_task(peer.finished())
@@ -197,6 +246,9 @@ async def run_peer(options: PeerOptions, transport: Transport | None = None) -> 
             "discovered": status.discovered,
             "wall_seconds": round(time.monotonic() - started, 3),
         }
+        summary |= {k: last[k] for k in ATTACK_MEASURES if k in last}
+        if options.attack_plan is not None:
+            summary["attacker"] = options.index in options.attack_plan.attackers
         (options.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if peer.failure is not None:
         raise peer.failure  # after the summary: the CLI exits 1 with its message
