@@ -44,11 +44,22 @@ async def test_each_protocol_learns_from_a_scenario_file(protocol: str, tmp_path
     path.write_text(json.dumps(SCENARIO | {"protocol": protocol, "model": model}))
     peers = roles(path, InMemoryNetwork())
     async with asyncio.timeout(120), peers[0], peers[1], peers[2]:
-        await asyncio.gather(*(peer.finished() for peer in peers))
+        if protocol == "modest":  # a peer not sampled last learns of no end: as in launch,
+            finished = [asyncio.ensure_future(peer.finished()) for peer in peers]
+            await asyncio.wait(finished, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in finished:
+                waiting.cancel()
+        else:
+            await asyncio.gather(*(peer.finished() for peer in peers))
     statuses = [peer.status() for peer in peers]
-    assert all(s.round >= SCENARIO["rounds"] for s in statuses), [s.round for s in statuses]
+    done = SCENARIO["rounds"] - (1 if protocol == "modest" else 0)  # the run ends when one has
+    assert all(s.round >= done for s in statuses), [s.round for s in statuses]
     assert all(s.messages_in > 0 for s in statuses)  # they gossiped
-    assert min(s.accuracy or 0.0 for s in statuses) > 0.5  # 10 classes: chance is 0.1
+    # 10 classes: chance is 0.1. A MoDeST peer reports the accuracy of the last model it
+    # aggregated, which may be an early round's (or none): judge the network's newest.
+    accuracies = [s.accuracy or 0.0 for s in statuses]
+    judged = max(accuracies) if protocol == "modest" else min(accuracies)
+    assert judged > 0.5, accuracies
 
 
 def test_fedavg_is_refused_on_real_peers(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from gossiplearn.aggregation import SHARES, get_shares
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.adversary import attacker_merge
 from gossiplearn.attacks.core import AttackerCore
-from gossiplearn.attacks.data import poison_data
+from gossiplearn.attacks.data import add_source_samples, poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
 from gossiplearn.peer.bristle_setup import BristleAdapter
@@ -158,6 +158,9 @@ class Peer:
     ``clock`` is where the peer reads time, sleeps, sets timers and runs blocking work;
     by default the event loop's. Tests on the in-memory transport pass a
     :class:`~gossiplearn.peer.clock.VirtualClock` to run in virtual time.
+
+    ``attack_pool`` (a data attacker's): labelled data it may gather more of; a label
+    flipper adds samples of the class it flips, as attackers do in the simulator.
     """
 
     def __init__(
@@ -176,6 +179,7 @@ class Peer:
         services: NetworkServices | None = None,
         sybil_transports: Sequence[Transport] | None = None,
         clock: Clock | None = None,
+        attack_pool: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.config = config or PeerConfig()
         self.clock: Clock = clock or LoopClock()
@@ -207,8 +211,13 @@ class Peer:
         #: Clean and poisoned training data of a data attacker (see set_attack).
         self._data_modes: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.attack is not None and self.attack.kind == "data":
+            rng = np.random.default_rng(seeds[2])
+            if attack_pool is not None:  # a label flipper gathers samples of its source class
+                pool = (attack_pool[0].numpy(), attack_pool[1].numpy())
+                more = add_source_samples(self.attack, x.numpy(), y.numpy(), *pool, rng)
+                x, y = torch.from_numpy(more[0]), torch.from_numpy(more[1])
             self._data_modes[False] = (x, y)
-            x, y = _poison(self.attack, x, y, test_data, np.random.default_rng(seeds[2]))
+            x, y = _poison(self.attack, x, y, test_data, rng)
             self._data_modes[True] = (x, y)
         self.learner = Learner(
             model,

@@ -129,6 +129,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
         announce=options.announce,
         services=options.services,
         sybil_transports=sybils,
+        attack_pool=(x, y) if options.config.attack else None,  # as simulate's attackers
     )
     plan = options.attack_plan
     if options.scenario is not None and plan is not None:
