@@ -211,7 +211,7 @@ def test_launch_plays_crash_recover_and_join_with_real_processes(tmp_path: Path)
 
 def test_a_dpsgd_role_weighs_neighbours_by_the_topologys_largest_degree() -> None:
     config = scenario(protocol="dpsgd", topology="regular:4")
-    settings = peer_config(config, 0, [])
+    settings = peer_config(config, 0, attack_plan(config))
     assert (settings.protocol, settings.neighbours) == ("dpsgd", 4)
 
 
