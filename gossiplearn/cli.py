@@ -34,7 +34,11 @@ def _network_options(parser: argparse.ArgumentParser) -> None:
         help="ring, regular:K, erdos-renyi:P, watts-strogatz:K:P, "
         "barabasi-albert:M, geometric:R:CAP, complete, star, exponential (default regular:4)",
     )
-    add("--protocol", help="gossip (default), dpsgd, modest, fedavg (centralised reference)")
+    add(
+        "--protocol",
+        help="gossip (default), dpsgd, modest, sybilwall, bristle (also --aggregator), "
+        "fedavg (centralised reference, simulate only)",
+    )
     add(
         "--attack",
         help="label-flip:A:B, label-flip-all, sign-flip, noise:gaussian:SIGMA, "
@@ -669,8 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     add(
         "--protocol",
-        help="gossip (default), modest, or dpsgd (each neighbour weighted 1/(1 + "
-        "--neighbours)); fedavg is simulated only",
+        help="gossip (default), modest, dpsgd (each neighbour weighted 1/(1 + "
+        "--neighbours)), sybilwall, bristle; fedavg is simulated only",
     )
     add("--attack", help="make this peer attack, to test your network: see simulate --help")
     add(

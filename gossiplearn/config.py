@@ -400,6 +400,12 @@ class RunConfig(LearningConfig):
         """Peers that join during the run, in total."""
         return sum(e.count(self.peers) for e in self.timeline if e.kind == "join")
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> Any:
+        names = dict.fromkeys(["gossip", "dpsgd", "modest", *CORE_AGGREGATORS, "fedavg"])
+        return _one_of("protocol", value, names) if isinstance(value, str) else value
+
     @field_validator("topology")
     @classmethod
     def _topology(cls, value: str) -> str:

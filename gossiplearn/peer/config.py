@@ -22,7 +22,7 @@ def check_real_protocol(protocol: str) -> None:
 
 def _not_real(protocol: str) -> str:
     """Why real peers cannot run ``protocol`` (the caller names the setting)."""
-    allowed = ", ".join(REAL_PROTOCOLS)
+    allowed = ", ".join([*REAL_PROTOCOLS, *CORE_AGGREGATORS])
     if protocol == "fedavg":
         return (
             "'fedavg' is simulated only (a centralised reference, no real peers): "
