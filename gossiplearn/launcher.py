@@ -227,7 +227,8 @@ class Launcher:
 
     async def wait_done(self, timeout: float) -> bool:
         """Play the timeline's joins and recoveries and wait until the run is over: every
-        gossip peer has exited with no start left to do; for MoDeST, where only the last
+        honest gossip peer has exited with no start left to do (attackers run until
+        stopped); for MoDeST, where only the last
         round's aggregators finish, until some peer reported the last round."""
         try:
             async with asyncio.timeout(timeout):
@@ -241,7 +242,8 @@ class Launcher:
     def _over(self) -> bool:
         if self.config.protocol == "modest" and self.last_round() >= self.config.rounds:
             return True
-        exited = all(p.process.returncode is not None for p in self.peers)
+        honest = [p for p in self.peers if p.index not in self.plan.attackers]
+        exited = all(p.process.returncode is not None for p in honest)  # attackers run on
         return exited and (not self.steps or self.steps[0].at_round is not None)
 
     async def _start_due(self) -> None:
@@ -314,7 +316,7 @@ class Launcher:
             "mean_accuracy": statistics.fmean(accuracies) if accuracies else None,
             "min_accuracy": min(accuracies, default=None),
             "max_accuracy": max(accuracies, default=None),
-            "rounds": max((f["round"] for f in finals), default=0),
+            "rounds": max((f["round"] for f in honest), default=0),
             "bytes_sent": sum(f["bytes_out"] for f in finals),
             "messages_sent": sum(f["messages_out"] for f in finals),
             "messages_rejected": _sum_counters(f.get("rejected", {}) for f in finals),

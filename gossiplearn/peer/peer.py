@@ -29,7 +29,7 @@ from torch import nn
 from gossiplearn.aggregation import SHARES, get_shares
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.adversary import attacker_merge
-from gossiplearn.attacks.core import AttackerCore
+from gossiplearn.attacks.core import AttackerCore, SigningAttackerCore
 from gossiplearn.attacks.data import add_source_samples, poison_data
 from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
 from gossiplearn.learning.trainer import Evaluator, Learner
@@ -436,7 +436,15 @@ class Peer:
         if self.attack is None:
             return core
         assert isinstance(core, GossipCore)
-        attacker = AttackerCore(core, self.attack, self._core_rng, report=True)
+        attacker: AttackerCore
+        if c.core_protocol == "sybilwall" and signer is not None:
+            # SybilWall peers take only signed models: sign as ourselves (our Sybil
+            # identities re-sign with their own keys, see SybilIdentities).
+            keys = _OwnKey(signer)
+            attacker = SigningAttackerCore(self.peer_id, keys, core, self.attack, self._core_rng)
+        else:
+            attacker = AttackerCore(core, self.attack, self._core_rng)
+        attacker.reports_rounds = True  # a real attacker shows its progress
         attacker.active = self._attacking
         return attacker
 
@@ -666,10 +674,15 @@ class Peer:
                 continue
             self._reachable(peer)
 
+    def _model_message(self) -> Message | None:
+        """The own model as the protocol sends it (signed where it signs), for greetings
+        and probes; None for a core without one (MoDeST)."""
+        core = self.core
+        return core.model_message() if isinstance(core, LoopState | AttackerCore) else None
+
     async def _probe_payload(self) -> tuple[str, bytes]:
-        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, LoopState) and self._final_round is None:
-            message = ModelMessage(core.round, core.params, core.samples)
+        message = self._model_message()
+        if message is not None and self._final_round is None:
             return MODEL_PROTOCOL, await self.clock.run_blocking(encode, self._stamped(message))
         return PEER_EXCHANGE_PROTOCOL, encode_exchange([(self.peer_id, self.transport.addresses)])
 
@@ -936,9 +949,9 @@ class Peer:
     async def _send_hello(self, peer: str) -> None:
         """Go first with a peer we dialled: send it our model, so that an honest peer
         makes us its neighbour and answers with its own (a silent one is dropped)."""
-        core = self.core.inner if isinstance(self.core, AttackerCore) else self.core
-        if isinstance(core, LoopState):
-            await self._send(peer, ModelMessage(core.round, core.params, core.samples))
+        message = self._model_message()
+        if message is not None:
+            await self._send(peer, message)
 
     def _on_useful(self, peer: str) -> None:
         """``peer`` sent a valid message: count it, and make it a neighbour, in place of
@@ -998,6 +1011,16 @@ class Peer:
                     self._spawn(result)
             except Exception:
                 log.exception("%s listener failed", event)
+
+
+@dataclass(frozen=True)
+class _OwnKey:
+    """A real attacker's keyring: its transport's key, for every model it signs."""
+
+    own: Signer
+
+    def signer(self, peer: PeerId) -> Signer:
+        return self.own
 
 
 def _poison(

@@ -96,13 +96,17 @@ def peer_config(config: RunConfig, index: int, plan: AttackPlan) -> PeerConfig:
     """The PeerConfig of role ``index``: the scenario's learning settings, keeping as many
     neighbours as the topology's largest degree (Sybil links included: an honest peer
     takes the identities attached to it; dpsgd weighs each 1 / (1 + that)), and the
-    attack if it is an attacker."""
+    attack if it is an attacker (which then runs until stopped)."""
     check_real_protocol(config.protocol)
     values = {k: v for k, v in config.model_dump().items() if k in _SHARED}
     values["neighbours"] = plan.max_degree
     if index in plan.attackers:
         values["attack"] = config.attack
         values["sybils"] = config.sybils
+        # It attacks for as long as the network learns (launch stops it once every honest
+        # peer is done), as in simulate: a data attacker merges nothing and waits for
+        # nobody, so with a round count of its own it would finish and leave early.
+        values["rounds"] = None
     return validated(PeerConfig, f"role {index} of the scenario", values)
 
 

@@ -288,6 +288,11 @@ class LoopState(Generic[Msg]):
         """Training samples of this peer (the weight its models carry)."""
         return self.loop.settings.samples
 
+    def model_message(self) -> Message:
+        """The own current model as this protocol sends it, for drivers that answer or
+        greet a peer outside the rounds (a protocol that signs its pushes overrides it)."""
+        return ModelMessage(self.loop.round, self.loop.params, self.samples)
+
     @property
     def training(self) -> bool:
         return self.loop.training

@@ -157,6 +157,11 @@ class SybilWallPolicy:
 
     def take(self, loop: Loop, sender: PeerId, message: Message) -> bool:
         match message:
+            case ModelMessage() if self.verifier is not None:
+                # Where models are signed, an unsigned one could never be relayed, and its
+                # sender would stay unseen by distant peers (a Sybil's way around the wall).
+                loop.rejected["Unsigned"] += 1
+                return False
             case ModelMessage():
                 self.on_model(sender, message)
                 return True
@@ -276,7 +281,7 @@ class SybilWallPolicy:
 
     def pushes(self, loop: Loop) -> list[Send[Message]]:
         """The own model to every neighbour, and to each one record gossiped to it."""
-        message = self._own_model(loop.round, loop.params)
+        message = self.own_model(loop.round, loop.params)
         effects: list[Send[Message]] = [Send(peer, message) for peer in loop.neighbours]
         for peer in loop.neighbours:
             origin = self.pick_record(peer)
@@ -288,7 +293,7 @@ class SybilWallPolicy:
                 )
         return effects
 
-    def _own_model(self, round_: int, params: Params) -> Message:
+    def own_model(self, round_: int, params: Params) -> Message:
         """The model push: signed (a HistoryRecord at distance 0) when there is a signer."""
         if self.signer is None:
             return ModelMessage(round_, params, self.config.samples)
@@ -321,6 +326,10 @@ class SybilWallCore(LoopState[Message]):
         self.rng = rng
         self.policy = SybilWallPolicy(peer_id, config, rng, signer, verifier)
         self.loop = RoundLoop(config, neighbours, params, self.policy, round=round)
+
+    def model_message(self) -> Message:
+        """The own current model as pushed: signed when there is a signer."""
+        return self.policy.own_model(self.loop.round, self.loop.params)
 
     def pick_record(self, to: PeerId) -> PeerId | None:
         """Step 2: the record to gossip to ``to``, or None if there is none to send."""

@@ -15,11 +15,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from gossiplearn.attacks import Attack
-from gossiplearn.attacks.core import AttackerCore
-from gossiplearn.protocols.events import AnyEvent, Core, Effect, MessageReceived, Send
-from gossiplearn.protocols.messages import ModelMessage
-from gossiplearn.protocols.signing import SeedKeys, history_statement, params_digest
-from gossiplearn.protocols.sybilwall_messages import HistoryRecord
+from gossiplearn.attacks.core import AttackerCore, SigningAttackerCore
+from gossiplearn.protocols.events import Core
+from gossiplearn.protocols.signing import SeedKeys
 from gossiplearn.types import PeerId
 
 
@@ -27,54 +25,6 @@ from gossiplearn.types import PeerId
 def run_keys(seed: int) -> SeedKeys:
     """The keys of the run with ``seed`` (one object, so its verdict cache is shared)."""
     return SeedKeys(seed)
-
-
-class SigningAttackerCore(AttackerCore):
-    """An :class:`AttackerCore` whose model pushes go out as signed SybilWall models
-    (a HistoryRecord at distance 0) from the identity that sends them; the signed models
-    it receives reach its inner core as plain models, other records are dropped."""
-
-    accepts_any_message = True
-
-    def __init__(
-        self,
-        me: PeerId,
-        keys: SeedKeys,
-        inner: Core,
-        attack: Attack,
-        rng: np.random.Generator,
-        identities: Mapping[PeerId, Sequence[PeerId]] | None = None,
-    ) -> None:
-        super().__init__(inner, attack, rng, identities)
-        self.me = me
-        self.keys = keys
-
-    def handle(self, now: float, event: AnyEvent) -> list[Effect]:
-        if isinstance(event, MessageReceived) and not isinstance(event.message, ModelMessage):
-            record = event.message
-            if not isinstance(record, HistoryRecord) or record.distance != 0:
-                return []  # relayed histories: of no use to an attacker
-            model = ModelMessage(record.round, record.params)
-            event = MessageReceived(event.sender, model)
-        signed: dict[tuple[PeerId, int], HistoryRecord] = {}
-        effects: list[Effect] = []
-        for effect in super().handle(now, event):  # type: ignore[arg-type]
-            if isinstance(effect, Send) and isinstance(effect.message, ModelMessage):
-                origin = self.me if effect.via is None else effect.via
-                key = (origin, id(effect.message))
-                if key not in signed:
-                    signed[key] = self._sign(origin, effect.message)
-                # A SybilWall core takes these records; a plain Core's list holds them too.
-                effects.append(Send(effect.to, signed[key], effect.via))  # type: ignore[arg-type]
-            else:
-                effects.append(effect)
-        return effects
-
-    def _sign(self, origin: PeerId, message: ModelMessage) -> HistoryRecord:
-        statement = history_statement(origin, message.round, params_digest(message.params))
-        signature = self.keys.signer(origin).sign(statement)
-        record = HistoryRecord(message.round, origin, 0, message.params, signature)
-        return record.knowing_statement(statement)
 
 
 def attacker_core(
