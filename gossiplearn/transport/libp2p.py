@@ -730,9 +730,15 @@ class Libp2pTransport:
                 failure = TransportError(_describe(error))
                 failure.__cause__ = error
                 self._settle(future, None, failure)
-            except BaseException:
-                self._settle(future, None, TransportError("the libp2p transport is stopping"))
-                raise
+            except BaseException as error:
+                # A call cancelled while a shielded write fails raises a group of both:
+                # the failure settles the call, only the cancellation goes on (re-raising
+                # the whole group would end the host's nursery: the transport would die).
+                cancelled, rest = _split_cancelled(error)
+                text = "the libp2p transport is stopping" if rest is None else _describe(rest)
+                self._settle(future, None, TransportError(text))
+                if cancelled is not None:
+                    raise cancelled from None
             else:
                 self._settle(future, result, None)
 
@@ -752,9 +758,13 @@ class Libp2pTransport:
             except Exception:
                 log.exception("inbound %s stream failed unexpectedly", protocol)
                 await _reset(stream)
-            except BaseException:  # trio.Cancelled: the transport is stopping
+            except BaseException as error:  # trio.Cancelled: the transport is stopping
                 await _reset(stream)
-                raise
+                cancelled, rest = _split_cancelled(error)  # as in _run_call
+                if rest is not None:
+                    log.warning("inbound %s stream failed: %s", protocol, _describe(rest))
+                if cancelled is not None:
+                    raise cancelled from None
 
         self._host.set_stream_handler(TProtocol(protocol), handle)
 
@@ -1269,6 +1279,16 @@ def _complete(future: asyncio.Future[Any], result: Any, error: BaseException | N
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _split_cancelled(
+    error: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """``error`` as (what must propagate: cancellation or another BaseException, what is a
+    plain failure of the call)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(lambda e: not isinstance(e, Exception | BaseExceptionGroup))
+    return (None, error) if isinstance(error, Exception) else (error, None)
 
 
 def _describe(error: BaseException) -> str:
