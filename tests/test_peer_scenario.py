@@ -162,7 +162,7 @@ def test_peer_scenario_mistakes_exit_2(
 LAUNCH = """\
 # crash, recover and join with real processes
 peers = 5
-rounds = 40
+rounds = 100  # about a minute: joiners start late on a loaded machine (one process each)
 topology = "ring"
 model = "logreg"
 merge_timeout = 2.0

@@ -337,3 +337,16 @@ def _connection(transport: Libp2pTransport, peer: str) -> object:
     matches = [c for pid, c in host.get_network().connections.items() if pid.to_base58() == peer]
     assert len(matches) == 1 and len(matches[0]) == 1
     return matches[0][0]
+
+
+def test_a_failure_raised_with_a_cancellation_does_not_propagate_as_one_group() -> None:
+    # a cancelled call whose shielded write then failed raises both at once (lab, partition):
+    # only the cancellation may propagate, or the host's nursery (the transport) would end
+    from gossiplearn.transport.libp2p import _split_cancelled
+
+    stop, failure = KeyboardInterrupt(), TransportError("a write stalled for 30 s")
+    cancelled, rest = _split_cancelled(BaseExceptionGroup("both", [stop, failure]))
+    assert isinstance(cancelled, BaseExceptionGroup) and cancelled.exceptions == (stop,)
+    assert isinstance(rest, BaseExceptionGroup) and rest.exceptions == (failure,)
+    assert _split_cancelled(failure) == (None, failure)
+    assert _split_cancelled(stop) == (stop, None)

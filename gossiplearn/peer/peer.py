@@ -278,6 +278,8 @@ class Peer:
         #: Where the last round's time went (seconds): training, pacing, waiting to merge.
         self._round_timing: dict[str, float] = {}
         self._trained_at: float | None = None
+        #: With --min-round-seconds, no round starts before this time.
+        self._next_round_at = 0.0
         #: More measures for the "round" event (e.g. a scenario's attack metrics), each
         #: ``measure(x) -> {name: value}``: of each evaluated round's model (in a worker
         #: thread, beside the accuracy), and of the core right after each merge (at once:
@@ -536,14 +538,21 @@ class Peer:
         self._dispatch(Start())
 
     async def _train(self, params: dict[str, Any], steps: int, token: int) -> None:
+        # A gossip period bounds rounds per second: a round starts no sooner than a period
+        # after the previous one. The pause comes before training, not between training and
+        # pushing, so that a model goes out as soon as it is trained and the neighbours'
+        # models arrive during the pause instead of adding a network delay to every round.
+        pace = self.config.min_round_seconds
+        pause = 0.0 if pace is None else max(0.0, self._next_round_at - self.clock.time())
+        if pause > 0:
+            await self.clock.sleep(pause)
         started = self.clock.time()
+        if pace is not None:
+            self._next_round_at = started + pace
         trained = await self.clock.run_blocking(self.learner.train, params, steps)
         timing = {"train_s": round(self.clock.time() - started, 3)}
-        pace = self.config.min_round_seconds  # a gossip period: bounds rounds per second
         if pace is not None:
-            pause = max(0.0, started + pace - self.clock.time())
             timing["pace_s"] = round(pause, 3)
-            await self.clock.sleep(pause)
         self._round_timing, self._trained_at = timing, self.clock.time()
         self._dispatch(TrainingDone(trained, token))
 
@@ -648,7 +657,7 @@ class Peer:
         """Retry an unreachable peer with backoff until it answers or we give up: with our
         model (gossip: so it takes us back as a neighbour too) or our address."""
         while self._running and self.reach.unreachable(peer):
-            await self.clock.sleep(self.reach.delay(peer))
+            await self.clock.sleep(self.reach.wait(peer, self.clock.time()))
             if not self.reach.unreachable(peer):
                 return  # reached meanwhile (it sent us a model)
             if self.reach.expired(peer, self.clock.time()):
@@ -663,13 +672,16 @@ class Peer:
             # A probe is small and only asks "are you there": a short deadline, so that a
             # send caught by a partition does not hold the next try back after the heal.
             deadline = min(self.config.send_timeout, max(5.0, 2 * self.config.open_timeout))
+            started = self.clock.time()
             try:
                 async with asyncio.timeout(deadline):
                     await self.transport.send(peer, protocol, payload)
             except ReceiverBusy:
                 pass  # alive: it answered
             except (TransportError, TimeoutError) as error:
-                self.reach.failed(peer, self.clock.time())
+                # the next try is due a delay after this one *started*: a try that waits
+                # out its deadline does not stretch the interval between tries
+                self.reach.failed(peer, started)
                 log.debug("probe of %s failed: %s", peer, error)
                 continue
             self._reachable(peer)

@@ -2,7 +2,9 @@
 
 How it works: after a failed send a peer is *unreachable*: sends to it are skipped (they
 would each wait for a timeout) and it is probed again after a delay that doubles from
-``first`` up to ``cap`` seconds. A successful send, or a valid message from the peer,
+``first`` up to ``cap`` seconds, counted from the start of the last try (a short cap:
+after a partition heals, traffic resumes within about one cap plus a handshake; a try
+costs one connection attempt). A successful send, or a valid message from the peer,
 makes it reachable again. After ``give_up`` seconds without success it is forgotten (the
 caller stops probing). Each transition is reported once, so a caller logs one line when a
 peer goes and one when it is back, not a line per attempt.
@@ -26,7 +28,7 @@ class _Down:
 class Reachability:
     """Per-peer backoff after failed sends."""
 
-    def __init__(self, first: float = 1.0, cap: float = 4.0, give_up: float = 300.0) -> None:
+    def __init__(self, first: float = 1.0, cap: float = 2.0, give_up: float = 300.0) -> None:
         self.first, self.cap, self.give_up = first, cap, give_up
         self._down: dict[str, _Down] = {}
 
@@ -45,6 +47,12 @@ class Reachability:
         """True while ``peer`` is unreachable and not due for another try."""
         down = self._down.get(peer)
         return down is not None and now < down.retry_at
+
+    def wait(self, peer: str, now: float) -> float:
+        """Seconds from ``now`` until ``peer`` is due for another try (0 if it is due or
+        reachable)."""
+        down = self._down.get(peer)
+        return 0.0 if down is None else max(0.0, down.retry_at - now)
 
     def delay(self, peer: str) -> float:
         """Seconds until the next try of an unreachable peer (0 if reachable)."""

@@ -19,14 +19,15 @@ import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["DialFailure", "classify"]
+__all__ = ["DialFailure", "chain", "classify"]
 
 
 @dataclass(frozen=True)
 class DialFailure:
     """Why a connection failed (``kind``), in words, with a hint of what to try."""
 
-    kind: str  # refused, timeout, unreachable, wrong-peer-id, no-address, security, other
+    kind: str  # refused, timeout, unreachable, wrong-peer-id, no-address, security, broken,
+    # closed
     reason: str
     hint: str
 
@@ -64,6 +65,10 @@ _HINTS = {
         "security negotiation failed: the other end does not speak libp2p with Noise",
         "is that port another service, or a libp2p node without Noise encryption?",
     ),
+    "broken": (
+        "the connection to the peer broke",
+        "the peer stopped, or the network between us failed (a partition?)",
+    ),
     "closed": (
         "the connection closed during the handshake",
         "the peer may be stopping, overloaded, or refusing this peer",
@@ -75,9 +80,12 @@ _REFUSED = {errno.ECONNREFUSED}
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
 _TIMED_OUT = {errno.ETIMEDOUT}
 _CLOSED = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+#: A stream on a connection that died (py-libp2p's yamux and network streams).
+_BROKEN_NAMES = {"StreamEOF", "StreamReset", "MuxedStreamEOF", "MuxedStreamReset",
+                 "MuxedConnUnavailable", "StreamClosed"}  # fmt: skip
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def chain(error: BaseException) -> Iterator[BaseException]:
     """``error`` and everything inside it: causes, contexts, exception groups and libp2p's
     MultiError entries, depth first, each once."""
     seen: set[int] = set()
@@ -114,23 +122,40 @@ def _kind_of(error: BaseException) -> str | None:
         return "wrong-peer-id"
     if "no known addresses" in text:
         return "no-address"
-    if "failed to negotiate the secure protocol" in text or name.startswith("Multiselect"):
+    if "failed to negotiate the secure protocol" in text:
         return "security"
+    if name.startswith("Multiselect"):
+        return _multiselect_kind(text)
+    if name in _BROKEN_NAMES:
+        return "broken"
     if code in _CLOSED or isinstance(error, ConnectionResetError | BrokenPipeError):
         return "closed"
     return None
+
+
+#: What py-libp2p's Multiselect errors say when the connection under them died.
+_BROKEN_WORDS = ("read failed", "write failed", "fail to read", "fail to write")
+
+
+def _multiselect_kind(text: str) -> str:
+    """py-libp2p raises Multiselect errors both when the other end speaks another protocol
+    (a security mismatch) and when the connection dies mid-negotiation, as it does in a
+    partition ("handshake read failed: ...")."""
+    if any(words in text for words in _BROKEN_WORDS):
+        return "broken"
+    return "security"
 
 
 #: When several causes are present, the most specific wins. A timeout outranks a failed
 #: negotiation: a handshake cut short by the deadline (a slow or overloaded peer) also
 #: leaves a multiselect error in the chain, and the deadline is what happened.
 _PRIORITY = ("wrong-peer-id", "no-address", "refused", "unreachable", "timeout", "security",
-             "closed")  # fmt: skip
+             "broken", "closed")  # fmt: skip
 
 
 def classify(error: BaseException) -> DialFailure | None:
     """What ``error`` (from a dial or a stream open) means, or None if not recognised."""
-    kinds = {kind for e in _chain(error) if (kind := _kind_of(e)) is not None}
+    kinds = {kind for e in chain(error) if (kind := _kind_of(e)) is not None}
     for kind in _PRIORITY:
         if kind in kinds:
             reason, hint = _HINTS[kind]

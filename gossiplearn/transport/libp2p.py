@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import os
@@ -58,11 +57,12 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.utils.address_validation import expand_wildcard_address
+from multiaddr import Multiaddr
 
 from gossiplearn.errors import ConfigError
 from gossiplearn.protocols.signing import CallableSigner
-from gossiplearn.transport._dial_errors import classify
+from gossiplearn.transport._addresses import advertised, dial_order
+from gossiplearn.transport._dial_errors import chain, classify
 from gossiplearn.transport._handlers import HandlerTasks
 from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
 from gossiplearn.transport.discovery import NetworkServices
@@ -397,6 +397,8 @@ class Libp2pTransport:
         #: Discovery and NAT traversal (DHT, mDNS, relay, AutoNAT, DCUtR), if asked for.
         self.services = services
         self._services: HostServices | None = None
+        #: peer -> the address a dial of ours last reached it at (trio thread only).
+        self._worked: dict[ID, Multiaddr] = {}
 
     # ---- the Transport interface -------------------------------------------------------------
 
@@ -638,6 +640,8 @@ class Libp2pTransport:
                 min_connections=0,
                 low_watermark=0,
             ),
+            # what identify, the DHT and AutoNAT tell others: never a wildcard
+            addrs_factory=self._addresses_to_tell,
         )
         _disable_auto_dial(host)
         _use_fixed_yamux(host)
@@ -659,7 +663,9 @@ class Libp2pTransport:
                         await nursery.start(self._services.run)
                     self._listening = True
                     assert self._ready is not None
-                    self._settle(self._ready, _advertised(host), None)
+                    suffix = f"/p2p/{self._peer_id}"
+                    listening = advertised(host.get_transport_addrs())
+                    self._settle(self._ready, [f"{a}{suffix}" for a in listening], None)
                     await self._stop_requested.wait()
                     nursery.cancel_scope.cancel()
             finally:
@@ -667,6 +673,28 @@ class Libp2pTransport:
                 with trio.move_on_after(_STOP_TIMEOUT) as scope:
                     scope.shield = True
                     await host.close()
+
+    def _addresses_to_tell(self, candidates: list[Multiaddr]) -> list[Multiaddr]:
+        """In the trio thread: the addresses ``host.get_addrs()`` gives others (our
+        ``announce`` ones if given; else the listening ones, wildcards expanded)."""
+        if self._announce:
+            return [Multiaddr(a) for a in self._announce]
+        return advertised(candidates)
+
+    def _prepare_dial(self, peer: ID, first: Multiaddr | None = None) -> None:
+        """In the trio thread, before a dial: put ``first`` (else the address that last
+        worked) first among the peer's known addresses, and drop wildcards."""
+        host = self._host
+        assert host is not None
+        store = host.get_peerstore()
+        try:
+            known = store.addrs(peer)
+        except Exception:  # PeerStoreError: never heard of it, or its entry expired
+            known = []
+        ordered = dial_order(known, first or self._worked.get(peer))
+        if ordered != known:
+            store.clear_addrs(peer)
+            store.add_addrs(peer, ordered, 0)  # 0: keep them
 
     def _spawn_call(
         self,
@@ -702,9 +730,15 @@ class Libp2pTransport:
                 failure = TransportError(_describe(error))
                 failure.__cause__ = error
                 self._settle(future, None, failure)
-            except BaseException:
-                self._settle(future, None, TransportError("the libp2p transport is stopping"))
-                raise
+            except BaseException as error:
+                # A call cancelled while a shielded write fails raises a group of both:
+                # the failure settles the call, only the cancellation goes on (re-raising
+                # the whole group would end the host's nursery: the transport would die).
+                cancelled, rest = _split_cancelled(error)
+                text = "the libp2p transport is stopping" if rest is None else _describe(rest)
+                self._settle(future, None, TransportError(text))
+                if cancelled is not None:
+                    raise cancelled from None
             else:
                 self._settle(future, result, None)
 
@@ -724,9 +758,13 @@ class Libp2pTransport:
             except Exception:
                 log.exception("inbound %s stream failed unexpectedly", protocol)
                 await _reset(stream)
-            except BaseException:  # trio.Cancelled: the transport is stopping
+            except BaseException as error:  # trio.Cancelled: the transport is stopping
                 await _reset(stream)
-                raise
+                cancelled, rest = _split_cancelled(error)  # as in _run_call
+                if rest is not None:
+                    log.warning("inbound %s stream failed: %s", protocol, _describe(rest))
+                if cancelled is not None:
+                    raise cancelled from None
 
         self._host.set_stream_handler(TProtocol(protocol), handle)
 
@@ -748,6 +786,8 @@ class Libp2pTransport:
         unblock = getattr(network, "unblock_peer", None)
         if unblock is not None:  # an explicit dial retries a peer that failed recently
             unblock(info.peer_id)
+        fresh = not network.get_connections(info.peer_id)
+        self._prepare_dial(info.peer_id, info.addrs[0] if info.addrs else None)
         try:
             with trio.fail_after(self.connect_timeout):
                 await host.connect(info)
@@ -759,6 +799,8 @@ class Libp2pTransport:
         except Exception as error:
             raise TransportError(f"cannot connect to {address}: {_explain(error)}") from error
         host.get_peerstore().add_addrs(info.peer_id, info.addrs, 0)  # 0: keep them
+        if fresh and info.addrs:  # a dial of ours reached it there
+            self._worked[info.peer_id] = info.addrs[0]
         if self._services is not None:
             self._services.note_connected(address)
         return info.peer_id.to_base58()
@@ -776,8 +818,10 @@ class Libp2pTransport:
                 header = await _header(payload, self.max_frame_bytes)
                 network = host.get_network()
                 unblock = getattr(network, "unblock_peer", None)
-                if unblock is not None and not network.get_connections(peer_id):
-                    unblock(peer_id)  # our own backoff decides when to retry a peer
+                if not network.get_connections(peer_id):
+                    self._prepare_dial(peer_id)
+                    if unblock is not None:
+                        unblock(peer_id)  # our own backoff decides when to retry a peer
                 with trio.fail_after(self.open_timeout) as opening:
                     await _await_inbound_connection(host, peer_id)
                     stream = await host.new_stream(peer_id, [TProtocol(protocol)])
@@ -1095,48 +1139,12 @@ def _with_suffix(address: str, suffix: str) -> str:
     return address.rstrip("/") + suffix
 
 
-def _usable(address: multiaddr.Multiaddr) -> bool:
-    """False for an address no other machine can dial: link-local IPv6 (it needs a zone),
-    or an unexpanded wildcard."""
-    host_part = address.value_for_protocol(address.protocols()[0].code)
-    try:
-        ip = ipaddress.ip_address(host_part.split("%")[0])
-    except ValueError:
-        return True  # a DNS name
-    return not (ip.is_unspecified or (ip.version == 6 and ip.is_link_local))
-
-
 def _explain(error: BaseException) -> str:
+    if log.isEnabledFor(logging.DEBUG):  # the whole chain, to check what classify names
+        log.debug("libp2p error chain: %s", " <- ".join(
+            f"{type(e).__name__}: {str(e)[:200]}" for e in chain(error)))  # fmt: skip
     failure = classify(error)
     return failure.text() if failure is not None else _describe(error)
-
-
-def _advertised(host: IHost) -> list[str]:
-    """Dialable addresses of ``host``: wildcard listens (0.0.0.0, ::) are expanded to the
-    machine's interface addresses, leaving out link-local IPv6 ones and the wildcard itself
-    (usable addresses only, loopback last); IPv4 first; each ends in /p2p/<peer id>."""
-    suffix = f"/p2p/{host.get_id().to_base58()}"
-    addresses: list[str] = []
-    listening = sorted(host.get_transport_addrs(), key=lambda a: a.protocols()[0].name != "ip4")
-    for address in listening:
-        host_part = address.value_for_protocol(address.protocols()[0].code)
-        expanded = [address]
-        if host_part in ("0.0.0.0", "::"):
-            expanded = [a for a in expand_wildcard_address(address) if _usable(a)]
-            expanded.sort(key=_is_loopback)
-        for concrete in expanded:
-            text = str(concrete) + suffix
-            if text not in addresses:
-                addresses.append(text)
-    return addresses
-
-
-def _is_loopback(address: multiaddr.Multiaddr) -> bool:
-    host_part = address.value_for_protocol(address.protocols()[0].code)
-    try:
-        return ipaddress.ip_address(host_part.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def _disable_auto_dial(host: IHost) -> None:
@@ -1271,6 +1279,16 @@ def _complete(future: asyncio.Future[Any], result: Any, error: BaseException | N
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _split_cancelled(
+    error: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """``error`` as (what must propagate: cancellation or another BaseException, what is a
+    plain failure of the call)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(lambda e: not isinstance(e, Exception | BaseExceptionGroup))
+    return (None, error) if isinstance(error, Exception) else (error, None)
 
 
 def _describe(error: BaseException) -> str:

@@ -2,12 +2,15 @@
 rate limit (see lab_net.py), started with the README's multi-machine commands.
 
 Run: ``PYTHONPATH=$PWD python -m pytest -m lab tests/lab -v`` (as root; skipped otherwise).
+``LAB_PEER_ARGS="--log-level debug"`` adds arguments to every peer (to see why a test fails;
+the log-flood checks then fail by design); ``--basetemp DIR`` keeps the peers' logs.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import statistics
 import time
@@ -25,6 +28,8 @@ pytestmark = [
 
 HOSTS = 5
 PORT = 4001
+LOST = re.compile(r"(\w+) unreachable \(")
+BACK = re.compile(r"(\w+) is reachable again")
 ADDRESS = re.compile(rf"listening on (/ip4/10\.77\.0\.1/tcp/{PORT}/p2p/\w+)")
 
 
@@ -47,7 +52,7 @@ def _readme_peer(lab: Lab, host: int, work: Path, extra: list[str]) -> None:
         host,
         ["peer", "--listen", f"/ip4/0.0.0.0/tcp/{PORT}", "--identity", str(key),
          "--partition-index", f"{host}/{HOSTS}", "--state-dir", str(home / "state"),
-         "--out", str(home / "results"), *extra],
+         "--out", str(home / "results"), *extra, *os.environ.get("LAB_PEER_ARGS", "").split()],
         home / "peer.log",
     )  # fmt: skip
 
@@ -100,11 +105,6 @@ def test_five_machines_started_by_hand_converge_with_the_readme_commands(tmp_pat
     assert "still serving the final model" in logs[0]  # the first peer stayed for the rest
 
 
-@pytest.mark.xfail(
-    reason="open: after the heal the sides did not reconnect within 20 s in the lab "
-    "(rounds kept their length and the log one line per lost peer during the partition)",
-    strict=False,
-)
 def test_a_partition_neither_stretches_rounds_nor_floods_the_log(tmp_path: Path) -> None:
     side_a, side_b = [0, 1], [2, 3, 4]
     with Lab(HOSTS) as lab:
@@ -122,14 +122,16 @@ def test_a_partition_neither_stretches_rounds_nor_floods_the_log(tmp_path: Path)
         healed = time.monotonic()
         during = {h: len(_rounds(tmp_path, h)) for h in range(HOSTS)}
         log_during = {h: _log(tmp_path, h)[len(log_before[h]) :] for h in range(HOSTS)}
-        back: dict[int, float] = {}
+        lost = {h: set(LOST.findall(log_during[h])) for h in range(HOSTS)}
+        back: dict[tuple[int, str], float] = {}
 
         def all_back() -> bool:
+            """Every peer lost in the partition is back (a model went through)."""
             for h in range(HOSTS):
-                if h not in back and "reachable again" in _log(tmp_path, h)[len(
-                    log_before[h]) + len(log_during[h]):]:  # fmt: skip
-                    back[h] = time.monotonic() - healed
-            return len(back) == HOSTS
+                after = _log(tmp_path, h)[len(log_before[h]) + len(log_during[h]) :]
+                for peer in set(BACK.findall(after)) & lost[h]:
+                    back.setdefault((h, peer), time.monotonic() - healed)
+            return len(back) == sum(map(len, lost.values()))
 
         _wait_for(all_back, 20, "traffic across the healed partition")
     stretch = []
@@ -146,7 +148,10 @@ def test_a_partition_neither_stretches_rounds_nor_floods_the_log(tmp_path: Path)
         assert len(unreachable) <= others, "\n".join(lines)  # one line per peer lost
         assert len(lines) <= 4 * others + 4, "\n".join(lines)  # no flapping lines
     print("round time in the partition / before:", [f"{s:.2f}" for s in stretch])
-    print("seconds after the heal until models flow:", back)
+    per_host = {h: max(s for (g, _), s in back.items() if g == h) for h in range(HOSTS)}
+    print("seconds after the heal until models flow (slowest lost peer, per host):",
+          {h: f"{s:.1f}" for h, s in per_host.items()})  # fmt: skip
+    assert all(lost.values()), lost  # every host lost a peer across the partition
     assert max(stretch) <= 1.5
     assert max(back.values()) <= 5.0
 
