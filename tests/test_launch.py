@@ -168,7 +168,8 @@ async def test_one_process_with_five_sybil_identities_against_sybilwall_and_mean
         for line in map(json.loads, (tmp_path / f"peer-{i}/metrics.jsonl").read_text().splitlines())
     )
     assert most > 4 and summary["attacker_weight"] is not None
-    assert summary["rounds"] == 30 and summary["peers_finished"] == 9  # the attacker runs until stopped
+    # the attacker runs until launch stops it: the nine honest peers finished
+    assert summary["rounds"] == 30 and summary["peers_finished"] == 9
     if aggregator == "sybilwall":
         assert summary["attack_success_rate"] < 0.15
         assert summary["mean_accuracy"] >= 0.8
