@@ -219,3 +219,20 @@ def test_fedavg_on_real_peers_exits_2_saying_it_is_simulated_only(
     file_args = ["--scenario", str(scenario)] if command == "peer" else [str(scenario)]
     assert main([command, *file_args, *role, "--out", str(tmp_path)]) == 2
     assert "'fedavg' is simulated only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["simulate", "--protocol", "nope"], "choose one of gossip, dpsgd, modest, sybilwall"),
+        (["peer", "--protocol", "nope"], "choose one of gossip, modest, dpsgd, sybilwall"),
+        (["launch", "--protocol", "sybilwall", "--aggregator", "krum"], "drop aggregator"),
+        (["peer", "--protocol", "dpsgd", "--attack", "sign-flip", "--sybils", "3"], "attack:"),
+        (["peer", "--protocol", "sybilwall", "--sybils", "3"], "sybils: only an attacker"),
+    ],
+)
+def test_a_protocol_that_cannot_be_used_so_exits_2_naming_the_flag(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert expected in capsys.readouterr().err
