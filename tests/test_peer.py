@@ -391,3 +391,14 @@ def test_dpsgd_peer_settings_are_checked() -> None:
         PeerConfig(protocol="dpsgd", attack="sign-flip")
     with pytest.raises(ValueError, match="sybilwall"):
         PeerConfig(protocol="dpsgd", aggregator="sybilwall")
+
+
+def test_a_peer_we_cannot_send_to_does_not_flap_with_every_message_it_sends() -> None:
+    from gossiplearn.peer.reachability import Reachability
+
+    reach = Reachability(first=1.0)
+    reach.failed("one-way", 10.0)
+    assert reach.heard_from("one-way", 10.2) is None  # a send to it failed just now
+    assert reach.unreachable("one-way")
+    assert reach.heard_from("one-way", 11.1) == pytest.approx(1.1)  # later: it is back
+    assert not reach.unreachable("one-way")

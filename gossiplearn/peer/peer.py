@@ -646,9 +646,11 @@ class Peer:
             log.debug("%s still unreachable (%s failed: %s)", peer, what, error)
         self._drop_neighbour(peer)
 
-    def _reachable(self, peer: str) -> None:
-        """``peer`` took a message or sent a valid one: if it was unreachable, it is back."""
-        seconds = self.reach.reached(peer, self.clock.time())
+    def _reachable(self, peer: str, sent_to_us: bool = False) -> None:
+        """``peer`` took a message (or ``sent_to_us`` a valid one): if it was unreachable,
+        it is back."""
+        now = self.clock.time()
+        seconds = self.reach.heard_from(peer, now) if sent_to_us else self.reach.reached(peer, now)
         if seconds is not None:
             log.warning("%s is reachable again (after %.1f s)", peer, seconds)
             self._add_neighbour(peer)
@@ -969,7 +971,7 @@ class Peer:
         """``peer`` sent a valid message: count it, and make it a neighbour, in place of
         the least useful silent one if the neighbour set is full."""
         round_ = self._core_round()
-        self._reachable(peer)
+        self._reachable(peer, sent_to_us=True)
         self.usefulness.model_from(peer, round_)
         if self.book is not None:
             self.book.useful(peer)

@@ -4,10 +4,11 @@ How it works: after a failed send a peer is *unreachable*: sends to it are skipp
 would each wait for a timeout) and it is probed again after a delay that doubles from
 ``first`` up to ``cap`` seconds, counted from the start of the last try (a short cap:
 after a partition heals, traffic resumes within about one cap plus a handshake; a try
-costs one connection attempt). A successful send, or a valid message from the peer,
-makes it reachable again. After ``give_up`` seconds without success it is forgotten (the
-caller stops probing). Each transition is reported once, so a caller logs one line when a
-peer goes and one when it is back, not a line per attempt.
+costs one connection attempt). A successful send makes it reachable again, and so does a
+valid message from the peer unless a send to it failed within ``first`` seconds. After
+``give_up`` seconds without success it is forgotten (the caller stops probing). Each
+transition is reported once, so a caller logs one line when a peer goes and one when it
+is back, not a line per attempt.
 
 Invariants: no I/O, no clock of its own (``now`` is passed in); one entry per peer.
 """
@@ -23,6 +24,7 @@ class _Down:
     retry_at: float
     delay: float
     failures: int = 1
+    failed_at: float = 0.0
 
 
 class Reachability:
@@ -36,9 +38,10 @@ class Reachability:
         """A send to ``peer`` failed; True if it was reachable until now."""
         down = self._down.get(peer)
         if down is None:
-            self._down[peer] = _Down(now, now + self.first, self.first)
+            self._down[peer] = _Down(now, now + self.first, self.first, failed_at=now)
             return True
         down.failures += 1
+        down.failed_at = now
         down.delay = min(down.delay * 2, self.cap)
         down.retry_at = now + down.delay
         return False
@@ -72,6 +75,16 @@ class Reachability:
         it was not."""
         down = self._down.pop(peer, None)
         return None if down is None else now - down.since
+
+    def heard_from(self, peer: str, now: float) -> float | None:
+        """``peer`` sent a valid message: like :meth:`reached`, unless a send to it failed
+        less than ``first`` seconds ago. A peer we cannot send to but that sends to us
+        (one-way, or hostile) then flips back at most once per ``first`` seconds, not once
+        per message it sends: each flip costs a failed send, a probe and two log lines."""
+        down = self._down.get(peer)
+        if down is not None and now - down.failed_at < self.first:
+            return None
+        return self.reached(peer, now)
 
     def forget(self, peer: str) -> None:
         self._down.pop(peer, None)
