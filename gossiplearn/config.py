@@ -24,8 +24,8 @@ from pydantic import (
 from gossiplearn.aggregation import AGGREGATORS
 from gossiplearn.attacks import parse_attack
 from gossiplearn.errors import ConfigError
-from gossiplearn.learning.datasets import DATASETS
-from gossiplearn.learning.models import MODELS
+from gossiplearn.learning.datasets import check_dataset_name
+from gossiplearn.learning.models import check_model_name
 from gossiplearn.learning.partition import parse_partition
 from gossiplearn.protocols.bristle import BristleConfig
 from gossiplearn.protocols.gossip import GossipConfig
@@ -421,12 +421,12 @@ class RunConfig(LearningConfig):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        return _one_of("dataset", value, DATASETS)
+        return check_dataset_name(value)
 
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return _one_of("model", value, MODELS)
+        return check_model_name(value)
 
 
 #: Training rows of each known dataset: every peer needs at least one, so a run has at most

@@ -14,6 +14,7 @@ import numpy as np
 
 from gossiplearn.attacks.adversary import Adversary, plan_adversary
 from gossiplearn.config import RunConfig
+from gossiplearn.learning.datasets import Dataset
 from gossiplearn.learning.partition import partition
 from gossiplearn.topologies import build_topology
 
@@ -69,11 +70,11 @@ def planned_adversary(config: RunConfig) -> tuple[nx.Graph, Adversary | None]:
     return graph, plan_adversary(config, graph, streams.adversary, first_free_id=total)
 
 
-def planned_shard(config: RunConfig, train_y: np.ndarray, index: int) -> tuple[np.ndarray, int]:
+def planned_shard(config: RunConfig, data: Dataset, index: int) -> tuple[np.ndarray, int]:
     """Peer ``index``'s data shard (training-set rows) and initial-model seed, as in
     :func:`simulate` (joining peers included)."""
     total = config.peers + config.joining_peers()
     streams = Streams.from_seed(config.seed, total)
-    shards = partition(train_y, config.partition, total, streams.partition)
+    shards = partition(data.train_y, config.partition, total, streams.partition, data.train_groups)
     seed = streams.init_seeds[0 if config.shared_init else index]
     return shards[index], seed

@@ -56,7 +56,7 @@ def test_each_role_derives_its_part_of_the_scenario() -> None:
     assert kinds[4] == ["attack-start", "partition"]
     assert kinds[0] == kinds[7] == ["partition"]  # joins are process starts
     # the shards are the simulator's: disjoint, one per initial and joining peer
-    shards = [planned_shard(config, DATA.train_y, i)[0] for i in range(8)]
+    shards = [planned_shard(config, DATA, i)[0] for i in range(8)]
     assert sum(len(s) for s in shards) == len(DATA.train_y)
     assert len(np.unique(np.concatenate(shards))) == len(DATA.train_y)
 
@@ -66,7 +66,7 @@ def make_peer(network: InMemoryNetwork, name: str, index: int, **config: Any) ->
     plan = AttackPlan(attackers=[0] if config.pop("attacker", False) else [])
     settings = peer_config(base, index, plan)
     settings = settings.model_copy(update={"min_neighbours": 0, "exchange_interval": 0.2})
-    rows, seed = planned_shard(base, DATA.train_y, index)
+    rows, seed = planned_shard(base, DATA, index)
     from gossiplearn.learning.models import build_model
 
     model = build_model("logreg", DATA.input_shape, DATA.num_classes, seed=seed)

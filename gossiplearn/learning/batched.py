@@ -298,6 +298,17 @@ class _VmapNet(_Net):
         losses: Tensor = vmap(one)(step.params, x, y, weight)
         return losses.sum()
 
+    def probe(self, x: Tensor, y: Tensor) -> None:
+        """One vmapped forward and backward pass of two peers on one sample: raises
+        what ``torch.func`` raises for a model it cannot vmap."""
+        params = {
+            name: p.detach().unsqueeze(0).repeat(2, *([1] * p.ndim)).requires_grad_()
+            for name, p in self.model.named_parameters()
+        }
+        xs = x[:1].unsqueeze(0).expand(2, 1, *x.shape[1:])  # [peers, batch, ...]
+        ys = y[:1].unsqueeze(0).expand(2, 1)
+        self.loss(_Step(params, {}, None), xs, ys, torch.ones(2, 1)).backward()
+
 
 # -------------------------------------------------------------------------------- the pool
 
@@ -371,14 +382,15 @@ class BatchedPool:
         sizes = [len(learner.x) for learner in learners]
         self._offsets = [0, *itertools.accumulate(sizes)][:-1]
         with torch.no_grad():
-            self._x = self.net.prepare(torch.cat([learner.x.float() for learner in learners]))
+            # inputs keep their dtype: integer tokens feed an embedding as they are
+            self._x = self.net.prepare(torch.cat([learner.x for learner in learners]))
         self._y = torch.cat([learner.y for learner in learners]).long()
         uses_momentum = any(sgd.momentum != 0 for sgd in self._sgd)
         self._momentum = {  # [peers, ...] per parameter, between jobs
             name: torch.stack([_momentum_of(learner, name) for learner in learners])
             for name in (self._trainable if uses_momentum else [])
         }
-        self._sample_bytes = 4 * _activation_floats(template, tuple(learners[0].x.shape[1:]))
+        self._sample_bytes = 4 * _activation_floats(template, learners[0].x)
         self.chunk_bytes = chunk_bytes
         self._tickets = itertools.count(1)
         self._latest: dict[int, Ticket] = {}
@@ -580,6 +592,21 @@ def _sgd_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], sgd
     torch._foreach_add_(params, grads, alpha=-sgd.lr)
 
 
+def batched_problem(learner: Learner) -> str | None:
+    """Why the batched engine cannot train ``learner``'s model and settings, or None."""
+    try:
+        net = _pick_engine(learner.model, "auto")
+        _sgd_of(learner)
+        if isinstance(net, _VmapNet):
+            net.probe(learner.x, learner.y)
+    except (ModelError, ValueError) as error:
+        return str(error)
+    except Exception as error:  # torch.func has no batching rule for some layer
+        name = type(learner.model).__name__
+        return f"torch.func cannot vmap {name} ({type(error).__name__}: {error})"
+    return None
+
+
 def _pick_engine(model: nn.Module, engine: Engine) -> _Net:
     if engine in ("auto", "stacked"):
         stacked = _StackedNet.compile(model)
@@ -622,20 +649,21 @@ def _check_like(template: nn.Module, learner: Learner, peer: int) -> None:
         raise ModelError(f"peer {peer}'s model differs from peer 0's: BatchedPool needs one")
 
 
-def _activation_floats(model: nn.Module, shape: tuple[int, ...]) -> int:
+def _activation_floats(model: nn.Module, sample: Tensor) -> int:
     """Floats one sample's input and layer outputs take (to size chunks)."""
-    total = math.prod(shape)
+    total = sample[:1].numel()
 
-    def count(module: nn.Module, inputs: object, output: Tensor) -> None:
+    def count(module: nn.Module, inputs: object, output: object) -> None:
         nonlocal total
-        total += output.numel()
+        outputs = output if isinstance(output, tuple) else (output,)  # an LSTM's (out, state)
+        total += sum(t.numel() for t in outputs if isinstance(t, Tensor))
 
     probe = copy.deepcopy(model).eval()
     for module in probe.modules():
         if not any(True for _ in module.children()):
             module.register_forward_hook(count)
     with torch.no_grad():
-        probe(torch.zeros(1, *shape))
+        probe(torch.zeros_like(sample[:1]))
     return total
 
 
@@ -665,7 +693,7 @@ class StackedEvaluator(Evaluator):
         self.batch_size = batch_size
         self.names = list(model.state_dict())
         self._trainable = {name for name, _ in model.named_parameters()}
-        sample_bytes = 4 * _activation_floats(model, tuple(x.shape[1:]))
+        sample_bytes = 4 * _activation_floats(model, x)
         self.per_chunk = max(1, chunk_bytes // (min(batch_size, len(x)) * sample_bytes))
         with torch.no_grad():
             self._data = None if self.net is None else self.net.prepare(x.float())

@@ -1,8 +1,13 @@
-"""Image classification datasets as plain numpy arrays.
+"""Classification datasets as plain numpy arrays.
 
-Every dataset comes back as a :class:`Dataset`: images as float32 ``[N, C, H, W]`` scaled
-to ``[0, 1]``, labels as int64 ``[N]``. Loaders live in :data:`DATASETS`; adding a dataset
-means writing one loader function and adding one registry line.
+Every dataset comes back as a :class:`Dataset`: inputs ``[N, ...]`` (float32 features, e.g.
+images ``[N, C, H, W]`` scaled to ``[0, 1]``, or int64 tokens for a text model), labels as
+int64 ``[N]``. Loaders live in :data:`DATASETS`; adding a dataset means writing one loader
+function and adding one registry line.
+
+A user's own data is named where a registry name goes (see :func:`load_dataset`): a
+callable ``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE``, an ``.npz`` file, or a
+folder of images by class.
 
 MNIST and Fashion-MNIST are read from the standard IDX files (plain or gzipped) with our
 own reader, so nothing is ever downloaded: the files come from a ``--data-dir`` or from
@@ -16,6 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,40 +32,60 @@ __all__ = ["DATASETS", "Dataset", "load_dataset", "read_idx"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+#: Inputs: float32 features (images, tables) or int64 tokens.
+InputArray = npt.NDArray[Any]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == is ambiguous
 class Dataset:
-    """A train/test split of an image classification dataset."""
+    """A train/test split of a classification dataset."""
 
     name: str
-    train_x: FloatArray
+    train_x: InputArray
     train_y: IntArray
-    test_x: FloatArray
+    test_x: InputArray
     test_y: IntArray
     num_classes: int
+    #: The natural group (user, speaker, device) of each training row, for
+    #: ``--partition natural``; None for a dataset without one.
+    train_groups: IntArray | None = None
 
     def __post_init__(self) -> None:
         for split, x, y in (
             ("train", self.train_x, self.train_y),
             ("test", self.test_x, self.test_y),
         ):
-            if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
                 raise DatasetError(
-                    f"dataset {self.name!r}: {split} images must be [N, C, H, W] and labels [N], "
+                    f"dataset {self.name!r}: {split} inputs must be [N, ...] and labels [N], "
                     f"got {x.shape} and {y.shape}"
+                )
+            if x.dtype not in (np.float32, np.int64) or y.dtype != np.int64:
+                raise DatasetError(
+                    f"dataset {self.name!r}: {split} inputs must be float32 or int64 and labels "
+                    f"int64, got {x.dtype} and {y.dtype}"
                 )
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise DatasetError(
-                f"dataset {self.name!r}: train images {self.train_x.shape[1:]} and test images "
+                f"dataset {self.name!r}: train inputs {self.train_x.shape[1:]} and test inputs "
                 f"{self.test_x.shape[1:]} differ in shape"
+            )
+        if self.train_x.dtype != self.test_x.dtype:
+            raise DatasetError(
+                f"dataset {self.name!r}: train inputs are {self.train_x.dtype} and test inputs "
+                f"{self.test_x.dtype}"
+            )
+        groups = self.train_groups
+        if groups is not None and groups.shape != self.train_y.shape:
+            raise DatasetError(
+                f"dataset {self.name!r}: {groups.shape} groups for {len(self.train_y)} training "
+                "rows: give one group per row"
             )
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one image, ``(C, H, W)``."""
-        c, h, w = self.train_x.shape[1:]
-        return (int(c), int(h), int(w))
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input without the batch dimension, e.g. ``(C, H, W)``."""
+        return tuple(int(d) for d in self.train_x.shape[1:])
 
 
 # --------------------------------------------------------------------------- IDX reader
@@ -281,11 +307,28 @@ DATASETS: dict[str, Callable[[Path | None, int], Dataset]] = {
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -> Dataset:
     """Load dataset ``name``; ``data_dir`` overrides where its files are looked for.
 
-    ``seed`` only matters for datasets without a published split (``digits``).
+    ``name`` is a registry name (:data:`DATASETS`), or a user's own data:
+    ``MODULE:CALLABLE`` / ``path/to/file.py:CALLABLE`` (see
+    :func:`gossiplearn.learning.user_data.call_loader`), the path of an ``.npz`` file, or
+    a folder of images by class. ``seed`` matters for datasets without a published split
+    (``digits``) and is passed to a user's loader that takes it.
     """
+    from gossiplearn.learning import user_data  # deferred: it imports plugins and PIL lazily
+
     loader = DATASETS.get(name.lower())
-    if loader is None:
-        known = ", ".join(sorted(DATASETS))
-        raise DatasetError(f"unknown dataset {name!r}: choose one of {known}")
-    directory = Path(data_dir).expanduser() if data_dir is not None else None
-    return loader(directory, seed)
+    if loader is not None:
+        directory = Path(data_dir).expanduser() if data_dir is not None else None
+        return loader(directory, seed)
+    return user_data.load_user_dataset(name, seed=seed, data_dir=data_dir)
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it can name a dataset (its files are read only when it is loaded)."""
+    from gossiplearn.learning.user_data import names_user_data
+
+    if name.lower() in DATASETS or names_user_data(name):
+        return name
+    raise DatasetError(
+        f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}, or name your "
+        "own: MODULE:CALLABLE, path/to/file.py:CALLABLE, a .npz file or a folder of images"
+    )

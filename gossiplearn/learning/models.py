@@ -1,6 +1,9 @@
 """Model architectures, built by name for a dataset's input shape and class count.
 
-Adding a model is one builder function and one line in :data:`MODELS`.
+Adding a model is one builder function and one line in :data:`MODELS`. A user's own model
+is named ``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE`` instead of a registry name:
+the callable is called with the keyword arguments ``input_shape`` (a tuple, without the
+batch dimension) and ``num_classes`` and returns a ``torch.nn.Module``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ import torch
 from torch import nn
 
 from gossiplearn.errors import ModelError
+from gossiplearn.learning.plugins import call_user, is_plugin, load_callable
 
-Shape = tuple[int, int, int]
+Shape = tuple[int, ...]
+
+
+def _image(shape: Shape, model: str) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)``, or a ModelError saying the model needs images."""
+    if len(shape) != 3:
+        raise ModelError(
+            f"{model} needs image inputs [C, H, W], got inputs of shape {shape}: use --model "
+            "mlp or logreg for features, charlstm for text, or a model of your own"
+        )
+    return shape[0], shape[1], shape[2]
 
 
 def logreg(shape: Shape, classes: int) -> nn.Module:
@@ -44,7 +58,7 @@ def _conv_stack(channels: int, batchnorm: bool) -> list[nn.Module]:
 
 
 def _cnn(shape: Shape, classes: int, batchnorm: bool) -> nn.Module:
-    channels, height, width = shape
+    channels, height, width = _image(shape, "cnn")
     if height < 4 or width < 4:
         raise ModelError(f"cnn needs inputs of at least 4x4, got {height}x{width}")
     flat = 32 * (height // 4) * (width // 4)
@@ -69,7 +83,7 @@ def cnn_bn(shape: Shape, classes: int) -> nn.Module:
 
 def lenet5(shape: Shape, classes: int) -> nn.Module:
     """LeNet-5 (LeCun et al., 1998) with ReLU and max pooling, for 28x28 or larger inputs."""
-    channels, height, width = shape
+    channels, height, width = _image(shape, "lenet5")
     if height < 28 or width < 28:
         raise ModelError(
             f"lenet5 needs inputs of at least 28x28, got {height}x{width}: "
@@ -174,17 +188,56 @@ def build_transfer_model(
     return FrozenFeatureHead(extractor, features, classes)
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it is a registry model or names a callable; else a ModelError."""
+    if name not in MODELS and not is_plugin(name):
+        raise ModelError(
+            f"unknown model {name!r}: choose one of {', '.join(MODELS)}, or name your own "
+            "as MODULE:CALLABLE or path/to/file.py:CALLABLE"
+        )
+    return name
+
+
 def build_model(name: str, shape: Shape, classes: int, *, seed: int) -> nn.Module:
-    """Build model ``name`` with weights initialised from ``seed`` alone.
+    """Build model ``name`` (a registry name or a user's callable, see the module
+    docstring) with weights initialised from ``seed`` alone.
 
     PyTorch's initialisers draw from the global generator, so it is forked and seeded
     here: the caller's global RNG state is left untouched and every seed gives one model.
     """
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        known = ", ".join(MODELS)
-        raise ModelError(f"unknown model {name!r}: choose one of {known}") from None
+    check_model_name(name)
+    user = load_callable(name, "--model", ModelError) if name not in MODELS else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder(shape, classes)
+        if user is None:
+            return MODELS[name](tuple(shape), classes)
+        model = call_user(
+            user, name, "--model", ModelError, input_shape=tuple(shape), num_classes=classes
+        )
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"--model {name!r} returned a {type(model).__name__}: expected a torch.nn.Module"
+        )
+    return model
+
+
+def check_model_fits(model: nn.Module, name: str, sample: torch.Tensor, classes: int) -> None:
+    """One forward pass on one sample, so a model that cannot take the dataset's inputs,
+    or gives other than one score per class, fails here with both named, not mid-run."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(sample[:1])
+    except Exception as error:
+        raise ModelError(
+            f"--model {name!r} cannot take this dataset's inputs (one sample: shape "
+            f"{tuple(sample.shape[1:])}, {sample.dtype}): {type(error).__name__}: {error}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"--model {name!r} gives {got} for one sample: expected one score per class, "
+            f"shape (1, {classes})"
+        )

@@ -8,6 +8,8 @@ A partition spec string picks the scheme:
   (100) is close to iid.
 * ``shards:K`` — pathological non-iid of McMahan et al. (2017): sort by label, cut into
   ``num_peers * K`` shards, deal ``K`` random shards to each peer.
+* ``natural`` — the dataset's own groups (one speaker, user or device each), as LEAF
+  splits its datasets: each peer gets the rows of one group, the groups drawn at random.
 
 Every scheme returns disjoint, sorted int64 index arrays, one per peer, each non-empty, and
 is deterministic given the generator's state.
@@ -33,8 +35,8 @@ _DIRICHLET_REDRAWS = 10
 
 def _bad_spec(spec: str) -> ConfigError:
     return ConfigError(
-        f"partition spec {spec!r} is not valid: use iid, dirichlet:ALPHA (ALPHA > 0) "
-        "or shards:K (K >= 1)"
+        f"partition spec {spec!r} is not valid: use iid, dirichlet:ALPHA (ALPHA > 0), "
+        "shards:K (K >= 1) or natural"
     )
 
 
@@ -45,8 +47,8 @@ def parse_partition(spec: str) -> tuple[str, float | int | None]:
     ``"shards:2"`` -> ``("shards", 2)``. Raises :class:`ConfigError` otherwise.
     """
     scheme, sep, arg = spec.strip().lower().partition(":")
-    if scheme == "iid" and not sep:
-        return ("iid", None)
+    if scheme in ("iid", "natural") and not sep:
+        return (scheme, None)
     if scheme == "dirichlet" and arg:
         try:
             alpha = float(arg)
@@ -65,10 +67,15 @@ def parse_partition(spec: str) -> tuple[str, float | int | None]:
 
 
 def partition(
-    labels: npt.NDArray[np.integer], spec: str, num_peers: int, rng: np.random.Generator
+    labels: npt.NDArray[np.integer],
+    spec: str,
+    num_peers: int,
+    rng: np.random.Generator,
+    groups: npt.NDArray[np.integer] | None = None,
 ) -> list[IndexArray]:
     """Split ``range(len(labels))`` among ``num_peers`` peers according to ``spec``.
 
+    ``groups`` (one per row) are the dataset's natural groups, which ``natural`` needs.
     Returns one sorted int64 index array per peer; the arrays are disjoint and non-empty.
     Raises :class:`ConfigError` for a bad spec or peer count, and :class:`DatasetError` when
     the dataset is too small to give every peer a sample.
@@ -86,6 +93,8 @@ def partition(
         )
     if scheme == "iid":
         parts = _iid(len(labels), num_peers, rng)
+    elif scheme == "natural":
+        parts = _natural(groups, num_peers, rng)
     elif scheme == "dirichlet":
         assert isinstance(param, float)
         parts = _dirichlet(labels, param, num_peers, rng)
@@ -154,3 +163,21 @@ def _shards(
         np.concatenate([shards[s] for s in order[peer * k : (peer + 1) * k]])
         for peer in range(num_peers)
     ]
+
+
+def _natural(
+    groups: npt.NDArray[np.integer] | None, num_peers: int, rng: np.random.Generator
+) -> list[IndexArray]:
+    if groups is None:
+        raise ConfigError(
+            "partition natural needs a dataset with natural groups (e.g. shakespeare, or an "
+            ".npz with groups_train): use iid, dirichlet:ALPHA or shards:K for this one"
+        )
+    names, rows_of = np.unique(np.asarray(groups), return_inverse=True)
+    if num_peers > len(names):
+        raise DatasetError(
+            f"partition natural gives each peer one of the dataset's {len(names)} groups: "
+            f"use at most {len(names)} peers"
+        )
+    chosen = rng.choice(len(names), num_peers, replace=False)
+    return [np.flatnonzero(rows_of == g).astype(np.int64) for g in chosen]

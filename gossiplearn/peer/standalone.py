@@ -22,7 +22,7 @@ import torch
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import load_dataset
-from gossiplearn.learning.models import build_model
+from gossiplearn.learning.models import build_model, check_model_fits
 from gossiplearn.learning.partition import partition
 from gossiplearn.peer.bristle_setup import peer_transfer
 from gossiplearn.peer.config import PeerConfig
@@ -103,10 +103,11 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     if options.scenario is not None:
         from gossiplearn.plan import planned_shard
 
-        rows, init_seed = planned_shard(options.scenario, data.train_y, options.index)
+        rows, init_seed = planned_shard(options.scenario, data, options.index)
     else:
         rng = np.random.default_rng(seed)
-        rows = partition(data.train_y, options.partition, options.of, rng)[options.index]
+        shards = partition(data.train_y, options.partition, options.of, rng, data.train_groups)
+        rows = shards[options.index]
         init_seed = seed if options.shared_init else seed * 1_000_003 + options.index + 1
     shard = torch.from_numpy(rows)
     if transfer is not None:  # a frozen extractor under a zero head: no init to seed
@@ -114,6 +115,8 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     else:
         model = build_model(options.model, data.input_shape, data.num_classes, seed=init_seed)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    if transfer is None:
+        check_model_fits(model, options.model, x[:1], data.num_classes)
     test = (torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
     sybils = _sybil_transports(options) if transport is None else None
     peer = Peer(

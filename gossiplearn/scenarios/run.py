@@ -33,9 +33,9 @@ from gossiplearn.attacks.adversary import (
 from gossiplearn.attacks.core import AttackerCore, IdleCore
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
-from gossiplearn.learning.batched import BatchedPool, StackedEvaluator
+from gossiplearn.learning.batched import BatchedPool, StackedEvaluator, batched_problem
 from gossiplearn.learning.datasets import Dataset, load_dataset
-from gossiplearn.learning.models import build_model
+from gossiplearn.learning.models import build_model, check_model_fits
 from gossiplearn.learning.partition import partition
 from gossiplearn.learning.pool import SequentialPool, deferring
 from gossiplearn.learning.pretrain import Transfer, extractor_for_run, transfer_setup
@@ -73,7 +73,7 @@ def _learners(
     config: RunConfig, data: Dataset, streams: Streams, transfer: Transfer | None = None
 ) -> list[Learner]:
     peers = config.peers + config.joining_peers()
-    shards = partition(data.train_y, config.partition, peers, streams.partition)
+    shards = partition(data.train_y, config.partition, peers, streams.partition, data.train_groups)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     learners = []
     for i, shard in enumerate(shards):
@@ -82,6 +82,8 @@ def _learners(
             model: torch.nn.Module = transfer.model()
         else:
             model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
+            if i == 0:
+                check_model_fits(model, config.model, x[:1], data.num_classes)
         index = torch.from_numpy(shard)
         learners.append(
             Learner(
@@ -302,6 +304,22 @@ def _evaluator(
     return Evaluator(model, torch.from_numpy(x), torch.from_numpy(y))
 
 
+def _runnable_engine(config: RunConfig, learner: Learner) -> RunConfig:
+    """``config``, or with the sequential engine (saying why) if the batched engine cannot
+    train this model."""
+    if config.engine != "batched":
+        return config
+    problem = batched_problem(learner)
+    if problem is None:
+        return config
+    logging.getLogger(__name__).warning(
+        "the batched engine cannot train --model %s (%s): running the sequential engine",
+        config.model,
+        problem,
+    )
+    return config.model_copy(update={"engine": "sequential"})
+
+
 def _check_fits(peers: int, data: Dataset) -> None:
     rows = len(data.train_y)
     if peers > rows:
@@ -341,6 +359,7 @@ def simulate(
         )
     if transfer is not None:
         transfer.featurize(learners)
+    config = _runnable_engine(config, learners[0])
     cores = _cores(config, graph, learners, streams)
     if adversary is not None:
         _arm(config, adversary, graph, learners, streams, cores)
