@@ -95,17 +95,21 @@ async def test_bad_models_are_rejected_and_the_peer_keeps_going() -> None:
         for payload in (
             b"\x00garbage",
             encode(ModelMessage(1, nan)),
-            encode(ModelMessage(1, wrong_shape)),
             b"\x00" * (65 * 2**20),  # over the 64 MiB default limit
+            encode(ModelMessage(1, wrong_shape)),  # another architecture: ignored from now on
         ):
             await attacker.send("victim", MODEL_PROTOCOL, payload)
+        while len(rejected) < 4:
+            await asyncio.sleep(0.01)
+        await attacker.send("victim", MODEL_PROTOCOL, encode(ModelMessage(2, params)))
         await victim.finished()
         await attacker.stop()
     assert sorted(rejected) == sorted(
         ["MalformedMessage", "NonFiniteModel", "ModelMismatch", "MessageTooLarge"]
     )
     assert victim.status().round == 4
-    assert victim.status().rejected["ModelMismatch"] == 1
+    assert victim.status().rejected["ModelMismatch"] == 2  # the misfit, then the one after
+    assert "attacker" in victim.architecture.incompatible
 
 
 async def test_a_crashed_neighbour_does_not_stop_the_others() -> None:

@@ -6,11 +6,16 @@ where they meet ``torch.nn.Module``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 from gossiplearn.types import Params
+
+#: ``loss(outputs, targets)`` -> a scalar tensor to minimise.
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def params_of(module: nn.Module) -> Params:
@@ -29,7 +34,8 @@ class Learner:
     """One peer's local learner: its model, its data and an SGD optimiser.
 
     The optimiser (and its momentum) persists across rounds, as on a real peer; batches
-    are drawn epoch by epoch from a generator seeded for this peer alone.
+    are drawn epoch by epoch from a generator seeded for this peer alone. ``loss`` is
+    minimised (default: cross-entropy).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class Learner:
         weight_decay: float = 0.0,
         batch_size: int,
         seed: int,
+        loss: Loss | None = None,
     ) -> None:
         self.model = model
         self.x = x
@@ -51,7 +58,7 @@ class Learner:
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
-        self.loss = nn.CrossEntropyLoss()
+        self.loss: Loss = loss if loss is not None else nn.CrossEntropyLoss()
         self._generator = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0

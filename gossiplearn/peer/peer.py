@@ -31,8 +31,15 @@ from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.adversary import attacker_merge
 from gossiplearn.attacks.core import AttackerCore, SigningAttackerCore
 from gossiplearn.attacks.data import add_source_samples, poison_data
-from gossiplearn.errors import CheckpointError, GossiplearnError, MalformedMessage, WireError
-from gossiplearn.learning.trainer import Evaluator, Learner
+from gossiplearn.errors import (
+    CheckpointError,
+    GossiplearnError,
+    MalformedMessage,
+    ModelMismatch,
+    WireError,
+)
+from gossiplearn.learning.trainer import Evaluator, Learner, Loss
+from gossiplearn.peer.architecture import ArchitectureCheck
 from gossiplearn.peer.bristle_setup import BristleAdapter
 from gossiplearn.peer.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from gossiplearn.peer.clock import Cancellable, Clock, LoopClock
@@ -77,6 +84,7 @@ from gossiplearn.protocols.events import (
 )
 from gossiplearn.protocols.gossip import GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
+from gossiplearn.protocols.model_spec import decode_spec
 from gossiplearn.protocols.modest import ModestCore
 from gossiplearn.protocols.modest_messages import Activity
 from gossiplearn.protocols.registry import CoreSpec, build_core
@@ -86,6 +94,7 @@ from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
     PEER_EXCHANGE_PROTOCOL,
+    SPEC_PROTOCOL,
     ReceiverBusy,
     Transport,
     TransportError,
@@ -161,6 +170,9 @@ class Peer:
 
     ``attack_pool`` (a data attacker's): labelled data it may gather more of; a label
     flipper adds samples of the class it flips, as attackers do in the simulator.
+
+    ``loss(outputs, targets)`` is what local training minimises (default: cross-entropy,
+    with targets the class numbers); evaluation on ``test_data`` reports accuracy.
     """
 
     def __init__(
@@ -180,6 +192,7 @@ class Peer:
         sybil_transports: Sequence[Transport] | None = None,
         clock: Clock | None = None,
         attack_pool: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss: Loss | None = None,
     ) -> None:
         self.config = config or PeerConfig()
         self.clock: Clock = clock or LoopClock()
@@ -228,9 +241,12 @@ class Peer:
             weight_decay=self.config.weight_decay,
             batch_size=self.config.batch_size,
             seed=int(seeds[0].generate_state(1)[0]),
+            loss=loss,
         )
         self.evaluator = Evaluator(_clone(model), *test_data) if test_data is not None else None
         self.spec = spec_of(self.learner.params())
+        #: Peers running another architecture: told when connecting, never merged with.
+        self.architecture = ArchitectureCheck(self.spec)
         self._core_rng = np.random.default_rng(seeds[1])
         self.core: Core | AnyCore | None = None
         self.book: AddressBook | None = None
@@ -316,6 +332,7 @@ class Peer:
         self.transport.set_handler(MODEL_PROTOCOL, self._on_model_bytes)
         self.transport.set_handler(PEER_EXCHANGE_PROTOCOL, self._on_exchange_bytes)
         self.transport.set_handler(GOODBYE_PROTOCOL, self._on_goodbye)
+        self.transport.set_handler(SPEC_PROTOCOL, self._on_spec_bytes)
         await self.transport.start()
         await self.sybils.start()
         self.book = AddressBook(self.peer_id, clock=self.clock.time)
@@ -729,6 +746,10 @@ class Peer:
         self.traffic["bytes_in"] += len(payload)
         self.traffic["messages_in"] += 1
         now = self.clock.time()
+        self._tell_spec(sender)
+        if self.architecture.refuses(sender):  # said once, when it was found out
+            self.rejected["ModelMismatch"] += 1
+            return
         if self.quarantine.holds(sender, now):
             self.rejected["Quarantined"] += 1
             return
@@ -745,6 +766,11 @@ class Peer:
             params = getattr(message, "params", None)
             if params is not None and self.bounds is not None:
                 self.bounds.check(params)
+        except ModelMismatch as error:  # another architecture: said once, then ignored
+            self.rejected["ModelMismatch"] += 1
+            self._emit("rejected", {"peer": sender, "reason": "ModelMismatch", "error": str(error)})
+            self._incompatible(sender, str(error))
+            return
         except WireError as error:
             reason = type(error).__name__
             self.rejected[reason] += 1
@@ -761,7 +787,41 @@ class Peer:
         self._on_useful(sender)
         self._dispatch(MessageReceived(sender, message))
 
+    async def _on_spec_bytes(self, sender: str, payload: bytes) -> None:
+        """``sender`` told us its architecture: answer with ours (once), and compare."""
+        if sender in self.blocked:
+            return
+        try:
+            theirs = decode_spec(payload)
+        except WireError as error:
+            self.rejected[type(error).__name__] += 1
+            log.warning("rejected a model spec from %s: %s", sender, error)
+            return
+        self._tell_spec(sender)
+        if self.architecture.heard(sender, theirs):
+            self._cut_off(sender)
+
+    def _tell_spec(self, peer: str) -> None:
+        """Tell ``peer`` our architecture, the first time we deal with it."""
+        if self.architecture.to_tell(peer):
+            self._spawn(self._send_spec(peer))
+
+    async def _send_spec(self, peer: str) -> None:
+        with contextlib.suppress(TransportError, TimeoutError):
+            async with asyncio.timeout(self.config.send_timeout):
+                await self.transport.send(peer, SPEC_PROTOCOL, self.architecture.payload)
+
+    def _incompatible(self, peer: str, difference: str) -> None:
+        if self.architecture.mismatch(peer, difference):
+            self._cut_off(peer)
+
+    def _cut_off(self, peer: str) -> None:
+        """``peer`` runs another model: neither a neighbour nor a candidate."""
+        self.candidates.pop(peer, None)
+        self._drop_neighbour(peer)
+
     async def _on_exchange_bytes(self, sender: str, payload: bytes) -> None:
+        self._tell_spec(sender)
         try:
             entries = decode_exchange(payload)
         except WireError as error:
@@ -953,6 +1013,9 @@ class Peer:
     def _on_dialled(self, peer: str, source: str) -> None:
         """A dial reached ``peer``: a neighbour at once (modest), or a candidate on
         probation that gets our model first (gossip)."""
+        self._tell_spec(peer)
+        if self.architecture.refuses(peer):
+            return
         if not self._probation:
             self._add_neighbour(peer)
         elif peer not in self.neighbours:
@@ -990,7 +1053,7 @@ class Peer:
             return
         if self.reach.unreachable(peer):  # back once it takes or sends a message
             return
-        if self.quarantine.holds(peer, self.clock.time()):
+        if self.quarantine.holds(peer, self.clock.time()) or self.architecture.refuses(peer):
             return
         self.candidates.pop(peer, None)
         self.neighbours.append(peer)

@@ -20,6 +20,8 @@ MODEL_PROTOCOL = "/gossiplearn/model/1"
 PEER_EXCHANGE_PROTOCOL = "/gossiplearn/px/1"
 #: An empty message a peer sends its neighbours when it leaves on purpose.
 GOODBYE_PROTOCOL = "/gossiplearn/bye/1"
+#: A peer's model architecture (tensor names, dtypes, shapes), told on connecting.
+SPEC_PROTOCOL = "/gossiplearn/spec/1"
 
 
 class TransportError(GossiplearnError):

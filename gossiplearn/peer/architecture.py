@@ -1,0 +1,60 @@
+"""Which peers run another model than ours, found out when we connect.
+
+Each peer tells every peer it connects to its model spec (once; see
+:mod:`gossiplearn.protocols.model_spec`) and compares the spec it is told with its own. A peer
+with another architecture is said once, in one log line naming the first tensor that
+differs, and is then neither a neighbour nor merged with: its models are dropped unread. A
+model that does not fit (a peer that sent one before its spec) counts the same. A peer that
+later tells a spec like ours (restarted with the right ``--model``) is taken back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gossiplearn.protocols.messages import ModelSpec
+from gossiplearn.protocols.model_spec import encode_spec, first_difference
+
+log = logging.getLogger(__name__)
+
+
+class ArchitectureCheck:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        #: The spec as sent to every peer we connect to.
+        self.payload = encode_spec(spec)
+        #: Peers with another architecture -> what differs.
+        self.incompatible: dict[str, str] = {}
+        self._told: set[str] = set()
+
+    def to_tell(self, peer: str) -> bool:
+        """Whether ``peer`` has not been told our spec yet (and is now counted as told)."""
+        if peer in self._told:
+            return False
+        self._told.add(peer)
+        return True
+
+    def heard(self, peer: str, theirs: ModelSpec) -> bool:
+        """``peer`` told us its spec; True if it newly turned out to be incompatible."""
+        difference = first_difference(self.spec, theirs)
+        if difference is None:
+            if self.incompatible.pop(peer, None) is not None:
+                log.warning("%s now runs the same model as this peer: merging with it again", peer)
+            return False
+        return self.mismatch(peer, difference)
+
+    def mismatch(self, peer: str, difference: str) -> bool:
+        """``peer`` runs another model; True (and one log line) the first time."""
+        if peer in self.incompatible:
+            return False
+        self.incompatible[peer] = difference
+        log.warning(
+            "%s runs another model (%s): not merging with it; every peer of a network needs "
+            "the same --model and --dataset",
+            peer,
+            difference,
+        )
+        return True
+
+    def refuses(self, peer: str) -> bool:
+        return peer in self.incompatible
