@@ -55,10 +55,18 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--rounds", type=int, help="rounds each peer runs (default 50)")
     add("--seed", type=int, help="decides every random choice of the run (default 0)")
-    add("--dataset", help="digits (bundled, default), fashion-mnist, mnist")
+    add(
+        "--dataset",
+        help="digits (bundled, default), fashion-mnist, mnist; or your own: MODULE:CALLABLE, "
+        "path/to/file.py:CALLABLE, a .npz file or a folder of images by class",
+    )
     add("--data-dir", help="folder holding the dataset's standard files (IDX for *mnist)")
-    add("--partition", help="iid (default), dirichlet:ALPHA, shards:K")
-    add("--model", help="logreg, mlp (default), cnn, cnn-bn, lenet5")
+    add("--partition", help="iid (default), dirichlet:ALPHA, shards:K, natural")
+    add(
+        "--model",
+        help="logreg, mlp (default), cnn, cnn-bn, lenet5; or your own: MODULE:CALLABLE or "
+        "path/to/file.py:CALLABLE, called with input_shape= and num_classes=",
+    )
     add(
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
