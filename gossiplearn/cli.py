@@ -167,8 +167,9 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
     add("--eval-samples", type=int, help="evaluate on N test samples (default: all)")
     add(
         "--engine",
-        choices=["sequential", "batched"],
-        help="train peers one after another (default) or all pending jobs together",
+        choices=["auto", "sequential", "batched"],
+        help="train peers one after another (default) or all pending jobs together; auto: "
+        "batched where the model and protocol allow it",
     )
     for kind, what in (("crash", "crash silently"), ("join", "join"), ("leave", "leave")):
         add(
@@ -264,6 +265,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         result = simulate(config, on_metrics=show)
     write_run(result, out)
+    if config.engine != result.config.engine:  # auto resolved, or batched fell back
+        console.print(f"engine: {result.config.engine} (asked for {config.engine})")
     _print_final(result.summary, out)
     return 0
 

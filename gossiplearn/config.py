@@ -268,8 +268,9 @@ class RunConfig(LearningConfig):
     eval_samples: int | None = Field(None, ge=1)
     threads: int = Field(1, ge=1)
     #: How the simulator trains peers: one after another, or all pending jobs together
-    #: (equal models within float rounding; see gossiplearn.learning.batched).
-    engine: Literal["sequential", "batched"] = "sequential"
+    #: (equal models within float rounding; see gossiplearn.learning.batched); ``auto``:
+    #: batched where the model and protocol allow it, sequential elsewhere.
+    engine: Literal["auto", "sequential", "batched"] = "sequential"
     network: NetworkConfig = NetworkConfig()
 
     @model_validator(mode="before")

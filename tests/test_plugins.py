@@ -293,3 +293,19 @@ def test_a_user_dataset_object_is_taken_as_it_is(tmp_path: Path) -> None:
     )
     data = load_dataset(f"{tmp_path / 'own.py'}:load")
     assert isinstance(data, Dataset) and data.name == "own" and data.num_classes == 4
+
+
+@pytest.mark.parametrize(
+    ("settings", "engine"),
+    [
+        ({}, "batched"),
+        ({"protocol": "dpsgd"}, "sequential"),
+        ({"aggregator": "sybilwall"}, "sequential"),
+    ],
+)
+def test_engine_auto_says_which_engine_ran(settings: dict[str, str], engine: str) -> None:
+    config = make_config(peers=6, rounds=2, topology="ring", model="logreg", engine="auto",
+                         **settings)  # fmt: skip
+    result = simulate(config)
+    assert result.config.engine == engine
+    assert result.summary["config"]["engine"] == engine

@@ -305,19 +305,35 @@ def _evaluator(
 
 
 def _runnable_engine(config: RunConfig, learner: Learner) -> RunConfig:
-    """``config``, or with the sequential engine (saying why) if the batched engine cannot
-    train this model."""
-    if config.engine != "batched":
+    """``config`` with the engine that runs: ``auto`` resolved, and ``batched`` replaced by
+    ``sequential`` (saying why) where the batched engine cannot train this model."""
+    if config.engine == "sequential":
         return config
+    log = logging.getLogger(__name__)
     problem = batched_problem(learner)
+    if config.engine == "auto":
+        problem = problem or _batched_unproven(config)
+        engine = "sequential" if problem else "batched"
+        log.info("engine auto: %s%s", engine, f" ({problem})" if problem else "")
+        return config.model_copy(update={"engine": engine})
     if problem is None:
         return config
-    logging.getLogger(__name__).warning(
+    log.warning(
         "the batched engine cannot train --model %s (%s): running the sequential engine",
         config.model,
         problem,
     )
     return config.model_copy(update={"engine": "sequential"})
+
+
+def _batched_unproven(config: RunConfig) -> str | None:
+    """Why ``auto`` keeps to the sequential engine for this run's protocol, or None: it
+    takes the batched engine where tests hold it equal to the sequential one."""
+    if config.core_protocol != "gossip":
+        return f"protocol {config.core_protocol} runs sequentially"
+    if config.attack is not None:
+        return "runs with attacks run sequentially"
+    return None
 
 
 def _check_fits(peers: int, data: Dataset) -> None:
