@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -803,10 +804,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as error:
-        errors.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+        errors.print(f"[red]error:[/] {escape(str(error))}", markup=True, highlight=False)
         return 2
     except GossiplearnError as error:
-        errors.print(f"[red]failed:[/] {error}")
+        errors.print(f"[red]failed:[/] {escape(str(error))}")
         return 1
     except KeyboardInterrupt:
         errors.print("interrupted")

@@ -22,6 +22,12 @@ from pydantic import (
 )
 
 from gossiplearn.aggregation import AGGREGATORS
+from gossiplearn.aggregation.chain import (
+    composed_rule,
+    is_chain,
+    parse_chain,
+    variance_stage,
+)
 from gossiplearn.attacks import parse_attack
 from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import check_dataset_name
@@ -117,27 +123,49 @@ class LearningConfig(BaseModel):
         if not isinstance(values, dict) or values.get("protocol") not in CORE_AGGREGATORS:
             return values
         name = values["protocol"]
-        if values.get("aggregator", name) not in (name, "vc"):
+        aggregator = values.get("aggregator", name)
+        if aggregator == "vc":  # the default of plain gossip
+            aggregator = name
+        if aggregator != name and not str(aggregator).startswith(f"{name}+"):
             raise ValueError(
                 f"protocol {name!r} merges with its own rule: drop aggregator "
-                f"{values['aggregator']!r} (or set it to {name!r})"
+                f"{values['aggregator']!r} (or set it to {name!r}, or a chain {name}+...)"
             )
-        return values | {"protocol": "gossip", "aggregator": name}
+        return values | {"protocol": "gossip", "aggregator": aggregator}
+
+    @property
+    def core_aggregator(self) -> str | None:
+        """The protocol core this config's aggregator is (sybilwall, also for a chain that
+        starts with it; bristle), or None for a merge rule of plain gossip."""
+        name = self.aggregator
+        if is_chain(name):
+            return "sybilwall" if parse_chain(name).sybilwall else None
+        return name if name in CORE_AGGREGATORS else None
 
     @property
     def core_protocol(self) -> str:
         """The name this config's cores are built under (gossiplearn.protocols.registry)."""
-        if self.aggregator in CORE_AGGREGATORS:
-            return self.aggregator
-        return str(getattr(self, "protocol", "gossip"))
+        return self.core_aggregator or str(getattr(self, "protocol", "gossip"))
 
     @field_validator("aggregator")
     @classmethod
     def _aggregator(cls, value: str) -> str:
-        return _one_of("aggregator", value, {**AGGREGATORS, **CORE_AGGREGATORS})
+        if is_chain(value):
+            parse_chain(value)
+            return value
+        known = {**AGGREGATORS, **CORE_AGGREGATORS}
+        if value not in known:
+            raise ValueError(
+                f"unknown aggregator {value!r}: choose one of {', '.join(known)}, or a chain "
+                "such as median+vc or sybilwall+trimmed-mean+vc"
+            )
+        return value
 
     @model_validator(mode="after")
     def _aggregator_params_fit(self) -> LearningConfig:
+        if is_chain(self.aggregator):
+            _check_chain_params(self.aggregator, self.aggregator_params)
+            return self
         if self.aggregator in CORE_AGGREGATORS:
             _check_core_params(self.aggregator, self.aggregator_params)
             return self
@@ -161,6 +189,10 @@ class LearningConfig(BaseModel):
         """Keyword options for the aggregation rule: β (and the VC target) where they apply,
         plus ``aggregator_params`` (e.g. ``trim`` for trimmed-mean, ``byzantine`` for krum)."""
         options = dict(self.aggregator_params)
+        if is_chain(self.aggregator):  # each part of the chain takes what it knows
+            for key in CORE_AGGREGATORS["sybilwall"]:
+                options.pop(key, None)
+            return options | {"beta": self.beta, "clip": self.clip, "target": self.vc_target}
         if self.aggregator in ("mean", "vc"):
             options["beta"] = self.beta
             options["clip"] = self.clip
@@ -197,6 +229,7 @@ class LearningConfig(BaseModel):
     def sybilwall_config(self, rounds: int, local_steps: int, samples: int) -> SybilWallConfig:
         """The SybilWall core's settings (``lam`` and ``max_records`` from aggregator_params)."""
         options = self.aggregator_params
+        chain = parse_chain(self.aggregator) if is_chain(self.aggregator) else None
         return SybilWallConfig(
             rounds=rounds,
             local_steps=local_steps,
@@ -204,6 +237,8 @@ class LearningConfig(BaseModel):
             samples=samples,
             lam=float(options.get("lam", 0.8)),
             max_records=int(options.get("max_records", 64)),
+            then=composed_rule(chain, self.aggregator_options()) if chain else None,
+            restore=variance_stage(chain, self.aggregator_options()) if chain else None,
         )
 
     def bristle_config(self, rounds: int, local_steps: int, samples: int) -> BristleConfig:
@@ -329,7 +364,7 @@ class RunConfig(LearningConfig):
             raise ValueError(
                 f"aggregators ({self.aggregators}) cannot exceed sample_size ({self.sample_size})"
             )
-        if self.aggregator in CORE_AGGREGATORS:
+        if self.core_aggregator is not None:
             if self.protocol != "gossip":
                 raise ValueError(
                     f"aggregator {self.aggregator!r} runs with protocol gossip, "
@@ -463,6 +498,25 @@ def _check_core_params(name: str, params: dict[str, int | float | str]) -> None:
     records = params.get("max_records", 0)
     if isinstance(records, str) or records != int(records) or records < 0:
         raise ValueError(f"{name}: max_records must be a whole number >= 0, got {records!r}")
+
+
+def _check_chain_params(name: str, params: dict[str, int | float | str]) -> None:
+    """A chain takes its rule's parameters (and sybilwall's, when it starts with it)."""
+    chain = parse_chain(name)
+    allowed = set(CORE_AGGREGATORS["sybilwall"]) if chain.sybilwall else set()
+    if chain.rule is not None:
+        rule = inspect.signature(AGGREGATORS[chain.rule]).parameters
+        allowed |= {k for k, p in rule.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    allowed -= {"beta", "target", "clip"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"aggregator_params {unknown} do not fit {name!r}; it takes "
+            f"{sorted(allowed) or 'no parameters'}"
+        )
+    if chain.sybilwall:
+        own = CORE_AGGREGATORS["sybilwall"]
+        _check_core_params("sybilwall", {k: v for k, v in params.items() if k in own})
 
 
 def _check_bristle_params(params: dict[str, int | float | str]) -> None:

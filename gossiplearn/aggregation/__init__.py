@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gossiplearn.aggregation.chain import chained, is_chain, parse_chain, rule_options
 from gossiplearn.aggregation.foolsgold import foolsgold, foolsgold_shares, foolsgold_weights
 from gossiplearn.aggregation.krum import krum, krum_shares, multi_krum, multi_krum_shares
 from gossiplearn.aggregation.mean import mean, mean_shares
@@ -61,6 +62,7 @@ __all__ = [
     "foolsgold_weights",
     "get_aggregator",
     "get_shares",
+    "has_shares",
     "krum",
     "mean",
     "median",
@@ -71,7 +73,10 @@ __all__ = [
 
 
 def get_aggregator(name: str, **options: Any) -> Callable[[Params, Sequence[Params]], Params]:
-    """Look up a rule by name and bind its options; unknown names raise ConfigError."""
+    """Look up a rule by name (or a chain, see :mod:`gossiplearn.aggregation.chain`) and
+    bind its options; unknown names raise ConfigError."""
+    if is_chain(name):
+        return chained(name, **options)
     try:
         rule = AGGREGATORS[name]
     except KeyError:
@@ -84,9 +89,22 @@ def get_aggregator(name: str, **options: Any) -> Callable[[Params, Sequence[Para
     return bound
 
 
+def has_shares(name: str) -> bool:
+    """Whether rule ``name`` says how much each input weighs (a chain: its rule does;
+    variance correction rescales without moving weight)."""
+    if is_chain(name):
+        chain = parse_chain(name)
+        return not chain.sybilwall and chain.rule in SHARES
+    return name in SHARES
+
+
 def get_shares(name: str, **options: Any) -> Callable[[Params, Sequence[Params]], Shares]:
     """The shares function of rule ``name`` with its options bound (as get_aggregator)."""
     get_aggregator(name)  # the same error for an unknown name
+    if is_chain(name):
+        chain = parse_chain(name)
+        assert chain.rule is not None
+        name, options = chain.rule, rule_options(chain, options)
     shares = SHARES[name]
 
     def bound(own: Params, received: Sequence[Params]) -> Shares:

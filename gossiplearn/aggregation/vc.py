@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from gossiplearn.aggregation._flat import layout_of
+from gossiplearn.aggregation._flat import FlatLayout, layout_of
 from gossiplearn.aggregation._tensors import check_beta
 from gossiplearn.aggregation.clipping import clip_rows
 from gossiplearn.types import Params
@@ -49,9 +50,44 @@ def variance_corrected(
     wanted = layout.segment_var(models).mean(axis=0)
     if target == "conservative":
         wanted = beta * layout.segment_var(own_row) + (1.0 - beta) * wanted
+    return layout.unflatten(_rescaled(layout, mixed, wanted, epsilon), own)
+
+
+def restore_variance(
+    merged: Params,
+    own: Params,
+    received: Sequence[Params],
+    *,
+    beta: float = 0.5,
+    target: Literal["others", "conservative"] = "others",
+    epsilon: float = EPSILON,
+) -> Params:
+    """Variance correction after any merge rule: rescale each tensor of ``merged`` around
+    its mean to the variance of a typical received model.
+
+    The target is the per-tensor *median* of the received models' variances (blended with
+    the own model's by β for ``conservative``): after a Byzantine-robust rule, a minority
+    of models with inflated or collapsed variance cannot set it. :func:`variance_corrected`
+    keeps the mean, as its paper does.
+    """
+    check_beta(beta)
+    if not received:
+        return dict(merged)
+    layout = layout_of(own)
+    wanted = np.median(layout.segment_var(layout.stack(received)), axis=0)
+    if target == "conservative":
+        wanted = beta * layout.segment_var(layout.stack([own])[0]) + (1.0 - beta) * wanted
+    return layout.unflatten(_rescaled(layout, layout.stack([merged])[0], wanted, epsilon), own)
+
+
+Row = npt.NDArray[np.float64]
+
+
+def _rescaled(layout: FlatLayout, row: Row, wanted: Row, epsilon: float) -> Row:
+    """``row`` with each tensor rescaled around its mean to variance ``wanted``."""
     rescaled = layout.sizes > 1  # a one-element tensor has no variance to restore
-    centre = np.where(rescaled, layout.segment_sums(mixed) / np.maximum(layout.sizes, 1), 0.0)
-    scale = np.sqrt((wanted + epsilon) / (layout.segment_var(mixed) + epsilon))
+    centre = np.where(rescaled, layout.segment_sums(row) / np.maximum(layout.sizes, 1), 0.0)
+    scale = np.sqrt((wanted + epsilon) / (layout.segment_var(row) + epsilon))
     scale = np.where(rescaled, scale, 1.0)
-    mixed = (mixed - layout.expand(centre)) * layout.expand(scale) + layout.expand(centre)
-    return layout.unflatten(mixed, own)
+    out: Row = (row - layout.expand(centre)) * layout.expand(scale) + layout.expand(centre)
+    return out

@@ -68,7 +68,7 @@ class PeerConfig(LearningConfig):
 
     @model_validator(mode="after")
     def _attack_fits(self) -> PeerConfig:
-        if self.aggregator in CORE_AGGREGATORS and self.protocol != "gossip":
+        if self.core_aggregator is not None and self.protocol != "gossip":
             raise ValueError(
                 f"aggregator {self.aggregator!r} is a protocol of its own; {self.protocol} "
                 "merges with its own rule: drop the aggregator or run protocol gossip"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gossiplearn.aggregation import SHARES, get_shares
+from gossiplearn.aggregation import get_shares, has_shares
 from gossiplearn.attacks import Attack, parse_attack
 from gossiplearn.attacks.adversary import attacker_merge
 from gossiplearn.attacks.core import AttackerCore, SigningAttackerCore
@@ -431,7 +431,7 @@ class Peer:
             members: list[PeerId] = [self.peer_id, *self._bootstrap_ids()]
             view = dict.fromkeys(members, Activity(0))
         weigh = None  # merge shares, for attacker_weight (launch with an attack)
-        if self.weigh_merges and self.attack is None and c.aggregator in SHARES:
+        if self.weigh_merges and self.attack is None and has_shares(c.aggregator):
             weigh = get_shares(c.aggregator, **c.aggregator_options())
         spec = CoreSpec(
             peer=self.peer_id,

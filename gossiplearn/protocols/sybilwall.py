@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import flatten, flatten_all, unflatten
+from gossiplearn.aggregation.chain import Merge, Restore
 from gossiplearn.aggregation.foolsgold import foolsgold_weights
 from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import Message, ModelMessage
@@ -63,6 +64,11 @@ class SybilWallConfig:
     lam: float = 0.8
     #: Most distant (gossiped) records kept; direct neighbours' records come on top.
     max_records: int = 64
+    #: A chain (gossiplearn.aggregation.chain): a rule that merges the own model with the
+    #: models SybilWall did not weigh to 0 (None: SybilWall's weighted mean), and the
+    #: variance correction after it (None: none).
+    then: Merge | None = None
+    restore: Restore | None = None
 
     def __post_init__(self) -> None:
         if not self.lam > 0 or not math.isfinite(self.lam):
@@ -97,6 +103,8 @@ def sybilwall_merge(
     own: Params,
     received: dict[PeerId, Params],
     histories: dict[PeerId, Params],
+    then: Merge | None = None,
+    restore: Restore | None = None,
 ) -> tuple[Params, dict[PeerId, float]]:
     """Weighted mean of the own model (weight 1) and ``received`` (FoolsGold weights).
 
@@ -105,6 +113,9 @@ def sybilwall_merge(
     model shape the weights but get none, and do not take part in the rescale to a top
     weight of 1 (an old distant record, far from today's models, would otherwise take the
     top and leave every sender near 0). Returns the merged model and each sender's weight.
+
+    In a chain, ``then`` merges the own model with the models of weight > 0 in place of
+    the weighted mean, and ``restore`` corrects the variance after it (from those models).
     """
     if not received:
         return dict(own), {}
@@ -112,9 +123,16 @@ def sybilwall_merge(
     distant = [p for p in histories if p not in received]
     rows = flatten_all([histories[p] for p in senders + distant], own)
     weights = foolsgold_weights(rows, candidates=len(senders))
-    models = flatten_all([received[p] for p in senders], own)
-    merged = (flatten(own, own) + weights @ models) / (1.0 + weights.sum())
-    return unflatten(merged, own), dict(zip(senders, (float(w) for w in weights), strict=True))
+    shares = dict(zip(senders, (float(w) for w in weights), strict=True))
+    kept = [received[p] for p in senders if shares[p] > 0.0]
+    if then is not None:
+        merged = then(own, kept)
+    else:
+        models = flatten_all([received[p] for p in senders], own)
+        merged = unflatten((flatten(own, own) + weights @ models) / (1.0 + weights.sum()), own)
+    if restore is not None:
+        merged = restore(merged, own, kept)
+    return merged, shares
 
 
 Loop = RoundLoop[Message]
@@ -183,7 +201,9 @@ class SybilWallPolicy:
         self.last_weights = {}
         if self.pending:
             histories = {p: r.history for p, r in self.records.items()}
-            params, self.last_weights = sybilwall_merge(params, self.pending, histories)
+            params, self.last_weights = sybilwall_merge(
+                params, self.pending, histories, self.config.then, self.config.restore
+            )
             self.pending = {}
         return params, merged
 

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from gossiplearn.aggregation import SHARES, get_aggregator, get_shares
+from gossiplearn.aggregation import get_aggregator, get_shares, has_shares
 from gossiplearn.attacks import Attack
 from gossiplearn.attacks.adversary import (
     Adversary,
@@ -158,7 +158,7 @@ def _core(
     keys = run_keys(config.seed)
     # Attack runs measure the weight honest peers give attackers (attacker_weight).
     weigh = None
-    if name == "gossip" and config.attack is not None and config.aggregator in SHARES:
+    if name == "gossip" and config.attack is not None and has_shares(config.aggregator):
         weigh = get_shares(config.aggregator, **config.aggregator_options())
     spec = CoreSpec(
         peer=peer,
@@ -283,7 +283,7 @@ def _attacker(
 ) -> AttackerCore:
     """Attacker ``me`` around ``inner``; against SybilWall its pushes must be signed to
     travel, so it signs them with the keys of its identities."""
-    sign = config.aggregator == "sybilwall"
+    sign = config.core_protocol == "sybilwall"
     return attacker_core(config.seed, sign, me, inner, attack, rng, identities)
 
 
