@@ -406,3 +406,26 @@ def test_a_peer_we_cannot_send_to_does_not_flap_with_every_message_it_sends() ->
     assert reach.unreachable("one-way")
     assert reach.heard_from("one-way", 11.1) == pytest.approx(1.1)  # later: it is back
     assert not reach.unreachable("one-way")
+
+
+async def test_an_embedded_peer_trains_with_the_applications_own_loss() -> None:
+    calls: list[int] = []
+
+    def smoothed(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(len(targets))
+        return torch.nn.functional.cross_entropy(outputs, targets, label_smoothing=0.1)
+
+    network = InMemoryNetwork()
+    rows = torch.arange(0, 400)
+    peer = Peer(
+        build_model("logreg", DATA.input_shape, DATA.num_classes, seed=1),
+        (torch.from_numpy(DATA.train_x)[rows], torch.from_numpy(DATA.train_y)[rows]),
+        TEST,
+        PeerConfig(rounds=5, min_neighbours=0),
+        transport=network.transport("alone"),
+        loss=smoothed,
+    )
+    async with asyncio.timeout(60), peer:
+        await peer.finished()
+    assert len(calls) == 5 * 13  # 13 batches of 32 per epoch, one epoch per round
+    assert (peer.status().accuracy or 0) > 0.8
