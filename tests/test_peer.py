@@ -303,7 +303,9 @@ async def test_a_checkpoint_that_cannot_be_written_fails_the_peer(tmp_path: Path
     async with asyncio.timeout(30), peer:
         while peer.status().round < 2:
             await asyncio.sleep(0.02)
-        shutil.rmtree(state)
+        # moved away in one step: a checkpoint being written meanwhile cannot refill it
+        state.rename(tmp_path / "moved")
+        shutil.rmtree(tmp_path / "moved")
         state.write_text("")  # a file where the directory was
         with pytest.raises(CheckpointError, match="choose another state dir"):
             await peer.finished()
