@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import msgpack
 
 from gossiplearn.errors import MalformedMessage, MessageTooLarge
+from gossiplearn.protocols.codec import unpack_bounded
 
 PX_TYPE_ID = 2
 PX_VERSION = 1
@@ -37,17 +38,13 @@ def decode_exchange(data: bytes) -> list[tuple[str, list[str]]]:
     """The (peer id, addresses) entries of a peer-exchange message; WireError if invalid."""
     if len(data) > MAX_PX_BYTES:
         raise MessageTooLarge(f"peer-exchange message of {len(data)} bytes > {MAX_PX_BYTES}")
-    try:
-        message = msgpack.unpackb(
-            data,
-            raw=False,
-            max_str_len=MAX_STRING,
-            max_bin_len=0,
-            max_array_len=max(MAX_PX_PEERS, MAX_ADDRESSES, 2),
-            max_map_len=4,
-        )
-    except Exception as error:  # msgpack raises many unrelated types on garbage
-        raise MalformedMessage(f"peer-exchange message is not valid msgpack: {error}") from None
+    message = unpack_bounded(
+        data,
+        "peer-exchange message",
+        max_str_len=MAX_STRING,
+        max_array_len=max(MAX_PX_PEERS, MAX_ADDRESSES, 2),
+        max_map_len=4,
+    )
     if not isinstance(message, dict) or message.get("type") != PX_TYPE_ID:
         raise MalformedMessage("not a peer-exchange message")
     if message.get("version") != PX_VERSION:

@@ -272,6 +272,26 @@ def _model_message(fields: dict[str, Any], spec: ModelSpec) -> ModelMessage:
     return ModelMessage(round=fields["round"], params=params, samples=fields["samples"])
 
 
+def unpack_bounded(
+    data: bytes, what: str, *, max_str_len: int, max_array_len: int, max_map_len: int
+) -> Any:
+    """Unpack a small control message (no binary fields) with every msgpack length
+    bounded; MalformedMessage naming ``what`` if it is not valid msgpack."""
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=max_str_len,
+            max_bin_len=0,
+            max_array_len=max_array_len,
+            max_map_len=max_map_len,
+            max_ext_len=0,
+        )
+    except Exception as error:  # msgpack raises many unrelated types on garbage
+        raise MalformedMessage(f"{what} is not valid msgpack: {error}") from None
+
+
 def _unpack_fields(data: bytes, max_bytes: int) -> dict[str, Any]:
     """Unpack the top-level map and check the header fields of a model message."""
     return _model_fields(_unpack(data, max_bytes))

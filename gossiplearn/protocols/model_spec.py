@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgpack
 
 from gossiplearn.errors import MalformedMessage
-from gossiplearn.protocols.codec import MAX_STR_LEN, MAX_TENSORS
+from gossiplearn.protocols.codec import MAX_STR_LEN, MAX_TENSORS, unpack_bounded
 from gossiplearn.protocols.messages import WIRE_DTYPES, ModelSpec
 
 #: Largest spec accepted, in bytes (a model of MAX_TENSORS tensors with long names fits).
@@ -31,19 +31,9 @@ def decode_spec(data: bytes) -> ModelSpec:
     """The spec in ``data``; MalformedMessage for anything else."""
     if len(data) > MAX_SPEC_BYTES:
         raise MalformedMessage(f"model spec of {len(data)} bytes (at most {MAX_SPEC_BYTES})")
-    try:
-        entries = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_STR_LEN,
-            max_bin_len=0,
-            max_array_len=MAX_TENSORS,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as error:  # msgpack raises several unrelated types
-        raise MalformedMessage(f"model spec is not valid msgpack: {error}") from None
+    entries = unpack_bounded(
+        data, "model spec", max_str_len=MAX_STR_LEN, max_array_len=MAX_TENSORS, max_map_len=0
+    )
     if not isinstance(entries, list):
         raise MalformedMessage("model spec must be a list of [name, dtype, shape]")
     spec: ModelSpec = {}
