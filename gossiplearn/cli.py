@@ -55,10 +55,17 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--rounds", type=int, help="rounds each peer runs (default 50)")
     add("--seed", type=int, help="decides every random choice of the run (default 0)")
-    add("--dataset", help="digits (bundled, default), fashion-mnist, mnist")
-    add("--data-dir", help="folder holding the dataset's standard files (IDX for *mnist)")
-    add("--partition", help="iid (default), dirichlet:ALPHA, shards:K")
-    add("--model", help="logreg, mlp (default), cnn, cnn-bn, lenet5")
+    add("--dataset", help="digits (bundled, default), fashion-mnist, mnist, shakespeare")
+    add(
+        "--data-dir",
+        help="folder holding the dataset's standard files (IDX for *mnist, plays as .txt "
+        "for shakespeare)",
+    )
+    add(
+        "--partition",
+        help="iid (default), dirichlet:ALPHA, shards:K, natural (one speaker each: shakespeare)",
+    )
+    add("--model", help="logreg, mlp (default), cnn, cnn-bn, lenet5, charlstm (text)")
     add(
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "

@@ -294,6 +294,15 @@ def _load_digits(data_dir: Path | None, seed: int) -> Dataset:
     return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
 
 
+# --------------------------------------------------------------------------- shakespeare
+
+
+def _load_shakespeare(data_dir: Path | None, seed: int) -> Dataset:
+    from gossiplearn.learning.text import load_shakespeare  # deferred: text imports Dataset
+
+    return load_shakespeare(data_dir, seed)
+
+
 # --------------------------------------------------------------------------- registry
 
 #: Dataset name -> loader ``(data_dir, seed) -> Dataset``.
@@ -301,6 +310,7 @@ DATASETS: dict[str, Callable[[Path | None, int], Dataset]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion_mnist,
     "mnist": _load_mnist,
+    "shakespeare": _load_shakespeare,
 }
 
 
