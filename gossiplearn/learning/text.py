@@ -65,8 +65,8 @@ NUM_CLASSES = len(VOCAB) + 1
 #: A role needs this many samples (about as many characters, a dozen speeches) to be kept:
 #: 617 of the plays' roles have them.
 MIN_SAMPLES = 1000
-#: Samples drawn from each kept role (80% for training, 20% for testing), so that one
-#: peer's round is a few seconds of a small LSTM on one core.
+#: Samples drawn from each kept role (80% for training, 20% for testing): the training
+#: inputs take 79 MB (int64), and a peer's local epoch is 7 steps of 32 samples.
 MAX_SAMPLES = 250
 TEST_FRACTION = 0.2
 
