@@ -11,7 +11,8 @@ folder of images by class.
 
 MNIST and Fashion-MNIST are read from the standard IDX files (plain or gzipped) with our
 own reader, so nothing is ever downloaded: the files come from a ``--data-dir`` or from
-a Debian dataset package.
+a Debian dataset package. ``shakespeare`` (next character, by speaker) is built from the
+plays' text in :mod:`gossiplearn.learning.text`.
 """
 
 from __future__ import annotations
