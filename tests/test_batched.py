@@ -166,8 +166,8 @@ def test_jobs_wait_until_a_live_result_is_needed() -> None:
     assert all(batched.result(ticket) is not None for ticket in tickets[:3])
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-def test_every_registered_model_has_a_stacked_form(model: str) -> None:
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "charlstm"])  # an LSTM: sequential
+def test_every_registered_image_model_has_a_stacked_form(model: str) -> None:
     learners = [
         Learner(build_model(model, (1, 28, 28), 10, seed=i), torch.zeros(4, 1, 28, 28),
                 torch.arange(4), lr=0.1, momentum=0.9, batch_size=2, seed=i)

@@ -11,7 +11,8 @@ folder of images by class.
 
 MNIST and Fashion-MNIST are read from the standard IDX files (plain or gzipped) with our
 own reader, so nothing is ever downloaded: the files come from a ``--data-dir`` or from
-a Debian dataset package.
+a Debian dataset package. ``shakespeare`` (next character, by speaker) is built from the
+plays' text in :mod:`gossiplearn.learning.text`.
 """
 
 from __future__ import annotations
@@ -294,6 +295,15 @@ def _load_digits(data_dir: Path | None, seed: int) -> Dataset:
     return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
 
 
+# --------------------------------------------------------------------------- shakespeare
+
+
+def _load_shakespeare(data_dir: Path | None, seed: int) -> Dataset:
+    from gossiplearn.learning.text import load_shakespeare  # deferred: text imports Dataset
+
+    return load_shakespeare(data_dir, seed)
+
+
 # --------------------------------------------------------------------------- registry
 
 #: Dataset name -> loader ``(data_dir, seed) -> Dataset``.
@@ -301,6 +311,7 @@ DATASETS: dict[str, Callable[[Path | None, int], Dataset]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion_mnist,
     "mnist": _load_mnist,
+    "shakespeare": _load_shakespeare,
 }
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gossiplearn.errors import ModelError
+from gossiplearn.learning.charmodels import charlstm
 from gossiplearn.learning.plugins import call_user, is_plugin, load_callable
 
 Shape = tuple[int, ...]
@@ -112,6 +113,7 @@ MODELS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "cnn": cnn,
     "cnn-bn": cnn_bn,
     "lenet5": lenet5,
+    "charlstm": charlstm,
 }
 
 
