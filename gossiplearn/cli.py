@@ -127,6 +127,11 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add("--local-steps", type=int, help="local SGD steps per round (overrides --local-epochs)")
     add("--eval-every", type=int, help="evaluate every N rounds (default 1)")
     add(
+        "--eval-samples",
+        type=int,
+        help="evaluate on N test samples, the same seeded subset everywhere (default: all)",
+    )
+    add(
         "--min-round-seconds",
         type=float,
         help="real peers: a round lasts at least this long (a gossip period; default 2 for "
@@ -174,7 +179,6 @@ def _modest_options(parser: argparse.ArgumentParser) -> None:
 def _simulate_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--sample-fraction", type=float, help="fedavg: fraction of peers per round (default 1)")
-    add("--eval-samples", type=int, help="evaluate on N test samples (default: all)")
     add(
         "--engine",
         choices=["auto", "sequential", "batched"],
@@ -399,7 +403,7 @@ _PEER_ONLY = {"listen", "bootstrap", "identity", "state_dir", "out", "partition_
               "log_level", "log_format", "metrics_port", "metrics_address", "dataset",
               "data_dir", "partition", "model", "shared_init", "threads", "handler",
               "command", "announce", "linger", "network", "mdns", "relay_service",
-              "relay"}  # fmt: skip
+              "relay", "eval_samples"}  # fmt: skip
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
@@ -424,6 +428,8 @@ def cmd_peer(args: argparse.Namespace) -> int:
         raise ConfigError(f"--linger must be >= 0 seconds, got {args.linger}")
     announce = _announce_addresses(args.announce)
     index, total = parse_partition_index(args.partition_index)
+    if args.eval_samples is not None and args.eval_samples < 1:
+        raise ConfigError(f"--eval-samples must be at least 1, got {args.eval_samples}")
     options = PeerOptions(
         config=config,
         **_where(args),
@@ -435,6 +441,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         model=args.model or "mlp",
         shared_init=bool(args.shared_init),
         threads=args.threads or 1,
+        eval_samples=args.eval_samples,
         announce=announce,
         linger=args.linger,
         **_sybil_options(args),
@@ -575,6 +582,7 @@ def _scenario_role(args: argparse.Namespace) -> Any:
         model=config.model,
         shared_init=config.shared_init,
         threads=config.threads,
+        eval_samples=config.eval_samples,
         scenario=config,
         timeline=own_steps(config, args.index, plan.attackers),
         roster=read_roster(args.roster),

@@ -309,3 +309,15 @@ def test_engine_auto_says_which_engine_ran(settings: dict[str, str], engine: str
     result = simulate(config)
     assert result.config.engine == engine
     assert result.summary["config"]["engine"] == engine
+
+
+def test_a_peer_evaluates_on_the_simulators_test_subset() -> None:
+    from gossiplearn.peer.standalone import _test_subset
+    from gossiplearn.plan import Streams
+
+    data = load_dataset("digits", seed=3)
+    x, y = _test_subset(data, 50, seed=3)
+    keep = np.sort(Streams.from_seed(3, 16).eval_subset.choice(len(data.test_y), 50, replace=False))
+    assert len(y) == 50 and np.array_equal(y.numpy(), data.test_y[keep])
+    assert np.array_equal(x.numpy(), data.test_x[keep])
+    assert len(_test_subset(data, None, seed=3)[1]) == len(data.test_y)

@@ -21,7 +21,7 @@ import torch
 
 from gossiplearn.config import RunConfig
 from gossiplearn.errors import ConfigError
-from gossiplearn.learning.datasets import load_dataset
+from gossiplearn.learning.datasets import Dataset, load_dataset
 from gossiplearn.learning.models import build_model, check_model_fits
 from gossiplearn.learning.partition import partition
 from gossiplearn.peer.bristle_setup import peer_transfer
@@ -56,6 +56,8 @@ class PeerOptions:
     model: str = "mlp"
     shared_init: bool = False
     threads: int = 1
+    #: Evaluate on this many test samples (the seeded subset the simulator takes); None: all.
+    eval_samples: int | None = None
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     #: Playing role ``index`` of a scenario: its data shard and initial model come from
@@ -91,6 +93,20 @@ def parse_partition_index(text: str) -> tuple[int, int]:
     return index, total
 
 
+def _test_subset(
+    data: Dataset, samples: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test set, or the seeded subset of ``samples`` of it that ``simulate`` takes."""
+    x, y = data.test_x, data.test_y
+    if samples is not None and samples < len(y):
+        from gossiplearn.plan import Streams
+
+        stream = Streams.from_seed(seed, 1).eval_subset
+        keep = np.sort(stream.choice(len(y), samples, replace=False))
+        x, y = x[keep], y[keep]
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
 def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer:
     """The peer's model and data slice. Every peer of a network computes the same partition
     from the shared seed and keeps slice ``index``."""
@@ -117,7 +133,7 @@ def build_peer(options: PeerOptions, transport: Transport | None = None) -> Peer
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     if transfer is None:
         check_model_fits(model, options.model, x[:1], data.num_classes)
-    test = (torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
+    test = _test_subset(data, options.eval_samples, seed)
     sybils = _sybil_transports(options) if transport is None else None
     peer = Peer(
         model,
