@@ -339,7 +339,11 @@ def check_dataset_name(name: str) -> str:
 
     if name.lower() in DATASETS or names_user_data(name):
         return name
-    raise DatasetError(
+    raise unknown_dataset(name)
+
+
+def unknown_dataset(name: str) -> DatasetError:
+    return DatasetError(
         f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}, or name your "
         "own: MODULE:CALLABLE, path/to/file.py:CALLABLE, a .npz file or a folder of images"
     )

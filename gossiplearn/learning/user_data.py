@@ -46,10 +46,9 @@ def load_user_dataset(name: str, *, seed: int, data_dir: str | Path | None) -> D
         return _from_image_folder(name, path)
     if is_plugin(name):
         return call_loader(name, seed=seed, data_dir=data_dir)
-    from gossiplearn.learning.datasets import check_dataset_name
+    from gossiplearn.learning.datasets import unknown_dataset
 
-    check_dataset_name(name)  # raises naming the choices
-    raise AssertionError("unreachable")
+    raise unknown_dataset(name)
 
 
 def call_loader(spec: str, *, seed: int, data_dir: str | Path | None) -> Dataset:
