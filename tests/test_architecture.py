@@ -117,3 +117,14 @@ async def test_peers_with_other_models_say_so_once_and_never_merge(
     assert "b" not in joined_a and "c" in joined_a
     assert not any(merged["b"]), merged  # b never merged anyone's model
     assert max(merged["a"]) >= 1  # a merged c's
+
+
+def test_a_flood_of_fresh_keys_cannot_grow_what_a_peer_remembers() -> None:
+    from gossiplearn.peer.architecture import MAX_REMEMBERED, ArchitectureCheck
+
+    check = ArchitectureCheck(_spec("mlp"))
+    for i in range(MAX_REMEMBERED + 50):
+        assert check.to_tell(f"k{i}")
+        check.heard(f"k{i}", _spec("logreg"))
+    assert len(check.incompatible) == MAX_REMEMBERED
+    assert "k0" not in check.incompatible and check.refuses(f"k{MAX_REMEMBERED + 49}")

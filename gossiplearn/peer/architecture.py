@@ -11,11 +11,19 @@ later tells a spec like ours (restarted with the right ``--model``) is taken bac
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from typing import TypeVar
 
 from gossiplearn.protocols.messages import ModelSpec
 from gossiplearn.protocols.model_spec import encode_spec, first_difference
 
 log = logging.getLogger(__name__)
+
+#: Peers remembered (told, or found incompatible), the oldest forgotten first: a flood of
+#: fresh keys cannot grow them without bound.
+MAX_REMEMBERED = 4096
+
+_V = TypeVar("_V")
 
 
 class ArchitectureCheck:
@@ -24,14 +32,14 @@ class ArchitectureCheck:
         #: The spec as sent to every peer we connect to.
         self.payload = encode_spec(spec)
         #: Peers with another architecture -> what differs.
-        self.incompatible: dict[str, str] = {}
-        self._told: set[str] = set()
+        self.incompatible: OrderedDict[str, str] = OrderedDict()
+        self._told: OrderedDict[str, None] = OrderedDict()
 
     def to_tell(self, peer: str) -> bool:
         """Whether ``peer`` has not been told our spec yet (and is now counted as told)."""
         if peer in self._told:
             return False
-        self._told.add(peer)
+        _remember(self._told, peer, None)
         return True
 
     def heard(self, peer: str, theirs: ModelSpec) -> bool:
@@ -47,7 +55,7 @@ class ArchitectureCheck:
         """``peer`` runs another model; True (and one log line) the first time."""
         if peer in self.incompatible:
             return False
-        self.incompatible[peer] = difference
+        _remember(self.incompatible, peer, difference)
         log.warning(
             "%s runs another model (%s): not merging with it; every peer of a network needs "
             "the same --model and --dataset",
@@ -58,3 +66,9 @@ class ArchitectureCheck:
 
     def refuses(self, peer: str) -> bool:
         return peer in self.incompatible
+
+
+def _remember(table: OrderedDict[str, _V], peer: str, value: _V) -> None:
+    table[peer] = value
+    if len(table) > MAX_REMEMBERED:
+        table.popitem(last=False)
