@@ -195,6 +195,10 @@ async def test_dcutr_outcome_over_a_relay_is_reported() -> None:
             f"{a.status().network['upgraded']}, {b.status().network['upgraded']}"
         )
         assert kinds[1].get(a.peer_id) in ("relayed", "direct", "both")
+        # the outcome stays in the status (and the summary) after the peers part
+        network = b.status().network  # one snapshot: connection kinds and outcome agree
+        direct = network["connections"].get(a.peer_id) in ("direct", "both")
+        assert network["dcutr"].get(a.peer_id) == ("direct" if direct else "relayed")
     finally:
         await lab.stop_all()
 

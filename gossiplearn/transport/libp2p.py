@@ -519,6 +519,7 @@ class Libp2pTransport:
             "connections": dict(snapshot.connections),
             "dht_peers": snapshot.dht_peers,
             "upgraded": list(snapshot.upgraded),
+            "dcutr": dict(snapshot.dcutr),
             "relaying": snapshot.relaying,
             "relayed_bytes_in": services.counts["relayed_bytes_in"],
             "relayed_bytes_out": services.counts["relayed_bytes_out"],

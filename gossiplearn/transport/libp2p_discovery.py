@@ -73,6 +73,8 @@ _STEP_TIMEOUT = 30.0
 _ROUTING_FEED = 64
 _AUTO_RELAYS = 2
 _RESERVE_RETRY_MAX = 60.0
+#: Peers whose DCUtR outcome is remembered (the first ones met over a relay).
+_MAX_DCUTR = 256
 
 _STATUS = {
     AutoNATStatus.UNKNOWN: "unknown",
@@ -104,6 +106,9 @@ class NetworkSnapshot:
     dht_peers: int = 0
     #: Peers DCUtR upgraded to a direct connection.
     upgraded: tuple[str, ...] = ()
+    #: DCUtR's outcome for every peer ever connected over a relay: "direct" once a direct
+    #: connection to it appeared, else "relayed" (kept after the peer disconnects).
+    dcutr: dict[str, str] = field(default_factory=dict)
     #: Circuits this host relays for others right now (relay service only).
     relaying: int = 0
 
@@ -163,11 +168,12 @@ class HostServices:
         self.found: deque[tuple[str, list[str], str]] = deque(maxlen=_MAX_FOUND)
         self.snapshot = NetworkSnapshot()
         self._reservations: dict[str, str] = {}
+        self._dcutr: dict[str, str] = {}  # the snapshot's dcutr (libp2p thread only)
         self._relay_addresses: dict[str, str] = {}  # relay id -> the address we reach it at
         self._reachability = "unknown"
         self._dht: KadDHT | None = None
         self._autonat: AutoNATService | None = None
-        self._dcutr: DCUtRProtocol | None = None
+        self._dcutr_service: DCUtRProtocol | None = None
         self._circuit: _CountingCircuitTransport | None = None
         self._protocol: _CountingCircuitProtocol | None = None
         self._nursery: trio.Nursery | None = None
@@ -201,8 +207,8 @@ class HostServices:
                 self._dht = KadDHT(self.host, DHTMode.SERVER, enable_random_walk=True)
                 await stack.enter_async_context(background_trio_service(self._dht))
             if options.dcutr:
-                self._dcutr = DCUtRProtocol(self.host)
-                await stack.enter_async_context(background_trio_service(self._dcutr))
+                self._dcutr_service = DCUtRProtocol(self.host)
+                await stack.enter_async_context(background_trio_service(self._dcutr_service))
             if options.autonat:
                 self._autonat = AutoNATService(cast(BasicHost, self.host), confirmations=1)
             if options.mdns:
@@ -421,8 +427,9 @@ class HostServices:
             seen = {"relayed" if _relayed(c) else "direct" for c in conns}
             if seen:
                 kinds[peer.to_base58()] = seen.pop() if len(seen) == 1 else "both"
-        dcutr = self._dcutr
+        dcutr = self._dcutr_service
         upgraded = tuple(sorted(p.to_base58() for p in dcutr._direct_connections)) if dcutr else ()
+        self._note_dcutr(kinds, upgraded)
         protocol = self._protocol
         return NetworkSnapshot(
             reachability=self._reachability,
@@ -430,8 +437,20 @@ class HostServices:
             connections=kinds,
             dht_peers=self._dht.get_routing_table_size() if self._dht is not None else 0,
             upgraded=upgraded,
+            dcutr=dict(self._dcutr),
             relaying=len(protocol._active_relays) if protocol is not None else 0,
         )
+
+    def _note_dcutr(self, kinds: dict[str, str], upgraded: tuple[str, ...]) -> None:
+        """Remember, per peer met over a relay, whether a direct connection followed."""
+        for peer, kind in kinds.items():
+            if kind != "direct" and (peer in self._dcutr or len(self._dcutr) < _MAX_DCUTR):
+                self._dcutr.setdefault(peer, "relayed")
+        for peer, kind in kinds.items():
+            direct = kind != "relayed" or peer in upgraded
+            if direct and self._dcutr.get(peer) == "relayed":
+                self._dcutr[peer] = "direct"
+                log.info("DCUtR: %s is now connected directly (was relayed)", peer)
 
     # ---- helpers -----------------------------------------------------------------------------
 
