@@ -18,7 +18,10 @@ appends/pops) and plain counters.
 
 py-libp2p 0.8.1 facts relied on (measured on 127.0.0.1): ``KadDHT.provide`` and
 ``find_providers`` work between three hosts in ~0.1 s once each has a routing-table peer,
-but the DHT never adds connected peers to its routing table by itself (done here); the
+but the DHT never adds connected peers to its routing table by itself (done here);
+``find_providers`` answers from the local store alone once it holds any record (after our
+own ``provide`` it always does), so peers that cannot dial each other, and so never store
+each other's records, would never meet: the connected DHT servers are asked directly; the
 swarm drops ``/p2p-circuit`` addresses from every dial (``Swarm.dial_peer``), so circuit
 addresses are dialled with ``CircuitV2Transport.dial`` directly; that transport makes a
 reservation before every dial when the CLIENT role is set, so the role is left out and
@@ -44,7 +47,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.host.autonat import AutoNATService, AutoNATStatus
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
 from libp2p.host.basic_host import BasicHost
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
@@ -65,6 +69,9 @@ log = logging.getLogger("gossiplearn.transport.discovery")
 #: Found peers waiting for the asyncio side (older ones are dropped past this).
 _MAX_FOUND = 256
 _PROVIDERS_PER_LOOKUP = 20
+#: Connected DHT servers asked directly for the network's providers, and for how long.
+_LOOKUP_SERVERS = 3
+_QUERY_TIMEOUT = 5.0
 #: Re-announce the network's key every this many lookups.
 _PROVIDE_EVERY = 6
 #: Seconds between attempts while a step has nothing to work with yet.
@@ -321,7 +328,32 @@ class HostServices:
                     await dht.add_peer(peer)
 
     async def _lookup(self, dht: KadDHT, key: str) -> None:
-        providers = await dht.find_providers(key, _PROVIDERS_PER_LOOKUP)
+        providers = await self._ask_connected(dht, key)
+        self._take_providers(providers)
+        self._take_providers(await dht.find_providers(key, _PROVIDERS_PER_LOOKUP))
+
+    async def _ask_connected(self, dht: KadDHT, key: str) -> list[PeerInfo]:
+        """The providers of ``key`` that the connected DHT servers closest to it know.
+        py-libp2p's ``find_providers`` answers from the local store alone once it holds a
+        record, and it always holds our own after ``provide``: peers that cannot dial each
+        other (behind NAT), and so never store each other's records, would never meet."""
+        encoded = _encode_key(key)
+        connected = [p for p in self._connected() if dht.routing_table.peer_in_table(p)]
+        closest = sort_peer_ids_by_distance(encoded, connected)[:_LOOKUP_SERVERS]
+        found: list[PeerInfo] = []
+
+        async def ask(peer: ID) -> None:
+            with contextlib.suppress(Exception), trio.move_on_after(_QUERY_TIMEOUT):
+                store = dht.provider_store
+                providers, _ = await store._get_providers_from_peer_with_closers(peer, encoded)
+                found.extend(providers)
+
+        async with trio.open_nursery() as nursery:
+            for peer in closest:
+                nursery.start_soon(ask, peer)
+        return found
+
+    def _take_providers(self, providers: list[PeerInfo]) -> None:
         seen: set[ID] = set()
         for info in providers:
             if info.peer_id == self.own or info.peer_id in seen:
