@@ -86,6 +86,7 @@ from gossiplearn.transport.base import (
     GOODBYE_PROTOCOL,
     MODEL_PROTOCOL,
     PEER_EXCHANGE_PROTOCOL,
+    ProtocolNotSpoken,
     ReceiverBusy,
     Transport,
     TransportError,
@@ -95,6 +96,8 @@ from gossiplearn.types import PeerId
 
 log = logging.getLogger("gossiplearn.peer")
 
+#: Peers remembered as not speaking the model protocol (relay nodes) at most.
+MAX_NOT_SPEAKING = 256
 #: A bootstrap peer is redialled all run long; pauses double up to this many seconds.
 BOOTSTRAP_MAX_DELAY = 30.0
 #: Failed bootstrap dials are warnings for the first few, then one in this many.
@@ -264,6 +267,8 @@ class Peer:
         self._attacking = True
         #: Peers cut off by a scenario's partition: messages to and from them are lost.
         self.blocked: set[str] = set()
+        #: Peers that do not speak the model protocol (relay nodes): never neighbours.
+        self.not_speaking: set[str] = set()
         #: Peers whose last send failed: skipped (not waited for) and probed with backoff.
         self.reach = Reachability()
         #: Sends skipped because their peer was unreachable.
@@ -618,6 +623,9 @@ class Peer:
         except ReceiverBusy as error:  # alive but over its limits: skip this message only
             log.info("%s refused %s: %s", peer, type(message).__name__, error)
             return
+        except ProtocolNotSpoken:  # reachable, but no peer to learn with (a relay node)
+            self._not_a_learner(peer)
+            return
         except (TransportError, TimeoutError) as error:
             self._unreachable(peer, f"sending {type(message).__name__}", error)
             return
@@ -644,6 +652,18 @@ class Peer:
             self._spawn(self._probe(peer))
         else:
             log.debug("%s still unreachable (%s failed: %s)", peer, what, error)
+        self._drop_neighbour(peer)
+
+    def _not_a_learner(self, peer: str) -> None:
+        """``peer`` does not speak the model protocol (e.g. our bootstrap is a ``gossiplearn
+        relay``): not a neighbour, and not unreachable either (it still serves discovery)."""
+        if peer not in self.not_speaking:
+            log.info("%s does not take models (a relay or bootstrap-only node?): not a "
+                     "neighbour", peer)  # fmt: skip
+            if len(self.not_speaking) >= MAX_NOT_SPEAKING:
+                self.not_speaking.pop()
+            self.not_speaking.add(peer)
+        self.candidates.pop(peer, None)
         self._drop_neighbour(peer)
 
     def _reachable(self, peer: str, sent_to_us: bool = False) -> None:
@@ -680,6 +700,10 @@ class Peer:
                     await self.transport.send(peer, protocol, payload)
             except ReceiverBusy:
                 pass  # alive: it answered
+            except ProtocolNotSpoken:
+                self.reach.forget(peer)
+                self._not_a_learner(peer)
+                return
             except (TransportError, TimeoutError) as error:
                 # the next try is due a delay after this one *started*: a try that waits
                 # out its deadline does not stretch the interval between tries
@@ -824,6 +848,8 @@ class Peer:
             self.book.reached(peer)
             if not joined:
                 self._add_neighbour(peer)
+            elif peer in self.not_speaking:
+                pass  # a relay node: it serves discovery, it is no neighbour
             elif peer not in self.neighbours and peer not in self.candidates:
                 log.info("re-joined through bootstrap %s", address)
                 self._on_dialled(peer, FIRST_HAND)
@@ -875,6 +901,9 @@ class Peer:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, PEER_EXCHANGE_PROTOCOL, payload)
         except ReceiverBusy:
+            return
+        except ProtocolNotSpoken:
+            self._not_a_learner(peer)
             return
         except (TransportError, TimeoutError) as error:
             self._unreachable(peer, "peer exchange", error)
@@ -953,6 +982,8 @@ class Peer:
     def _on_dialled(self, peer: str, source: str) -> None:
         """A dial reached ``peer``: a neighbour at once (modest), or a candidate on
         probation that gets our model first (gossip)."""
+        if peer in self.not_speaking:
+            return
         if not self._probation:
             self._add_neighbour(peer)
         elif peer not in self.neighbours:
@@ -990,7 +1021,7 @@ class Peer:
             return
         if self.reach.unreachable(peer):  # back once it takes or sends a message
             return
-        if self.quarantine.holds(peer, self.clock.time()):
+        if self.quarantine.holds(peer, self.clock.time()) or peer in self.not_speaking:
             return
         self.candidates.pop(peer, None)
         self.neighbours.append(peer)

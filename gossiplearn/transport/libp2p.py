@@ -64,7 +64,7 @@ from gossiplearn.protocols.signing import CallableSigner
 from gossiplearn.transport._addresses import advertised, dial_order
 from gossiplearn.transport._dial_errors import chain, classify
 from gossiplearn.transport._handlers import HandlerTasks
-from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
+from gossiplearn.transport.base import Handler, ProtocolNotSpoken, ReceiverBusy, TransportError
 from gossiplearn.transport.discovery import NetworkServices
 from gossiplearn.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -854,7 +854,9 @@ class Libp2pTransport:
         except TransportError:
             raise
         except Exception as error:
-            raise TransportError(f"sending to {peer} failed: {_explain(error)}") from error
+            failure = classify(error)
+            kind = ProtocolNotSpoken if failure and failure.kind == "protocol" else TransportError
+            raise kind(f"sending to {peer} failed: {_explain(error)}") from error
         if status is Status.BUSY:
             raise ReceiverBusy(f"{peer} {status.describe()}")
         if status is not Status.OK:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gossiplearn.transport._handlers import HandlerTasks
-from gossiplearn.transport.base import Handler, TransportError
+from gossiplearn.transport.base import Handler, ProtocolNotSpoken, TransportError
 from gossiplearn.transport.framing import DEFAULT_MAX_FRAME_BYTES
 
 ADDRESS_PREFIX = "/memory/"
@@ -223,7 +223,7 @@ class InMemoryTransport:
             )
         handler = self._handlers.get(protocol)
         if handler is None:
-            raise TransportError(f"{self._peer_id} has no handler for {protocol}")
+            raise ProtocolNotSpoken(f"{self._peer_id} has no handler for {protocol}")
         self._tasks.spawn(handler, sender, protocol, payload)
 
     def _crash(self) -> None:
