@@ -155,6 +155,35 @@ async def test_peers_that_know_only_a_dht_node_find_each_other_through_it() -> N
         await relay.stop()
 
 
+@pytest.mark.network
+@pytest.mark.slow
+async def test_autonat_tells_a_peer_nobody_can_dial_that_it_is_not_reachable() -> None:
+    """The AutoNAT server (a relay node) must dial back afresh: answering over the
+    connection the question came on told every peer it was reachable."""
+    relay = relay_transport()
+    await relay.start()
+    services = NetworkServices(autonat_interval=1.0, dcutr=False)
+    hidden = Libp2pTransport(listen="/ip4/127.0.0.1/tcp/0", announce=[CLOSED], services=services)
+    public = Libp2pTransport(listen="/ip4/127.0.0.1/tcp/0", services=services)
+    try:
+        for transport in (hidden, public):
+            await transport.start()
+            await transport.connect(relay.addresses[0])
+
+        def verdicts() -> list[str]:
+            return [t.network_status()["reachability"] for t in (hidden, public)]
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while "unknown" in verdicts():
+                    await asyncio.sleep(0.2)
+        assert verdicts() == ["private", "public"]
+    finally:
+        for transport in (hidden, public):
+            await transport.stop()
+        await relay.stop()
+
+
 # ---- the relay: two peers that reach each other only through a circuit ---------------------
 
 

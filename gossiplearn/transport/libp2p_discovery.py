@@ -80,6 +80,8 @@ _STEP_TIMEOUT = 30.0
 _ROUTING_FEED = 64
 _AUTO_RELAYS = 2
 _RESERVE_RETRY_MAX = 60.0
+#: Seconds an AutoNAT dial-back may take to open a TCP connection.
+_DIAL_BACK_TIMEOUT = 5.0
 #: Peers whose DCUtR outcome is remembered (the first ones met over a relay).
 _MAX_DCUTR = 256
 
@@ -162,6 +164,29 @@ class _CountingCircuitProtocol(CircuitV2Protocol):
         await super().handle_incoming_connection(counted, remote_peer_id)
 
 
+class _DialBackAutoNAT(AutoNATService):
+    """An AutoNAT server that really dials back. py-libp2p's ``_try_dial`` calls
+    ``host.connect``, which returns the connection the request came on, so every asker is
+    told it is reachable (measured in the lab: peers behind NAT were "public"). Here a
+    fresh TCP connection to each address (already limited to the asker's observed IP) must
+    open within a few seconds; it is closed at once."""
+
+    async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
+        for raw in addrs:
+            with contextlib.suppress(Exception):
+                address = multiaddr.Multiaddr(raw)
+                names = [p.name for p in address.protocols()]
+                if "tcp" not in names or is_circuit_address(str(address)):
+                    continue
+                host = address.value_for_protocol("ip4" if "ip4" in names else "ip6")
+                port = int(address.value_for_protocol("tcp"))
+                with trio.move_on_after(_DIAL_BACK_TIMEOUT):
+                    stream = await trio.open_tcp_stream(host, port)
+                    await stream.aclose()
+                    return bytes(raw)
+        return None
+
+
 class HostServices:
     """Discovery and NAT traversal beside one libp2p host (libp2p thread only)."""
 
@@ -217,7 +242,7 @@ class HostServices:
                 self._dcutr_service = DCUtRProtocol(self.host)
                 await stack.enter_async_context(background_trio_service(self._dcutr_service))
             if options.autonat:
-                self._autonat = AutoNATService(cast(BasicHost, self.host), confirmations=1)
+                self._autonat = _DialBackAutoNAT(cast(BasicHost, self.host), confirmations=1)
             if options.mdns:
                 stack.enter_context(self._mdns())
             async with trio.open_nursery() as nursery:
