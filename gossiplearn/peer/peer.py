@@ -847,6 +847,10 @@ class Peer:
             self.book.add(peer, [address])
             self.book.reached(peer)
             if not joined:
+                # A relay node (no model protocol) serves discovery only: round 1 waits
+                # for a peer to learn with.
+                if await self._speaks_models(peer) is False:
+                    self._not_a_learner(peer)
                 self._add_neighbour(peer)
             elif peer in self.not_speaking:
                 pass  # a relay node: it serves discovery, it is no neighbour
@@ -856,6 +860,18 @@ class Peer:
             joined = True
             delay, attempt = 0.5, 1
             await self.clock.sleep(self.config.exchange_interval)
+
+    async def _speaks_models(self, peer: str) -> bool | None:
+        """Whether a connected ``peer`` speaks the model protocol; None if the transport
+        cannot tell (a send then finds out)."""
+        speaks = getattr(self.transport, "speaks", None)
+        if speaks is None:
+            return None
+        try:
+            answer = await speaks(peer, MODEL_PROTOCOL)
+        except TransportError:
+            return None
+        return answer if isinstance(answer, bool) else None
 
     def _wants_neighbours(self) -> bool:
         """Fewer live neighbours (and candidates) than the minimum, at least one."""

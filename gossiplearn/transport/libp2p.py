@@ -113,6 +113,8 @@ _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
 _ANSWER_TIMEOUT = 5.0
 _INBOUND_GRACE = 2.0
+#: Seconds to wait for a new connection's identify message (the protocols it speaks).
+_IDENTIFY_WAIT = 2.0
 #: How long a refused stream is drained so its sender reads our status before the reset
 #: (a cooperating sender stops after its current write piece; others are cut off).
 _DRAIN_TIMEOUT = 5.0
@@ -492,6 +494,11 @@ class Libp2pTransport:
         """Inbound frames and streams refused so far, by reason (any thread may ask)."""
         return self.limits.rejected_counts()
 
+    async def speaks(self, peer: str, protocol: str) -> bool | None:
+        """Whether a connected ``peer`` speaks ``protocol``, as its identify message says
+        (waited for up to 2 s after the connection opened); None if unknown."""
+        return await self._call(self._trio_speaks, peer, protocol, timeout=_IDENTIFY_WAIT + 1)
+
     def connected_peers(self) -> list[str]:
         """Peers with at least one open connection."""
         host = self._host
@@ -805,6 +812,19 @@ class Libp2pTransport:
         if self._services is not None:
             self._services.note_connected(address)
         return info.peer_id.to_base58()
+
+    async def _trio_speaks(self, peer: str, protocol: str) -> bool | None:
+        host = self._host
+        assert host is not None
+        with contextlib.suppress(Exception), trio.move_on_after(_IDENTIFY_WAIT):
+            peer_id = ID.from_base58(peer)
+            while True:
+                with contextlib.suppress(Exception):
+                    protocols = host.get_peerstore().get_protocols(peer_id)
+                    if protocols:
+                        return protocol in protocols
+                await trio.sleep(0.05)
+        return None
 
     async def _trio_send(self, peer: str, protocol: str, payload: bytes) -> None:
         try:

@@ -208,6 +208,11 @@ class InMemoryTransport:
         """Peers with an open 'connection' to or from this one."""
         return sorted(self._connected)
 
+    async def speaks(self, peer: str, protocol: str) -> bool | None:
+        """Whether ``peer`` handles ``protocol`` (None if it is not on the network)."""
+        target = self.network._transports.get(peer)
+        return None if target is None else protocol in target._handlers
+
     # ---- internals ------------------------------------------------------------------------
 
     def _check_running(self) -> None:
