@@ -975,14 +975,16 @@ class Peer:
             addresses += [a for a in relay_routes(peer) if a not in addresses]
         reached = None
         try:
+            timeout = min(self.config.send_timeout, DIAL_TIMEOUT)
             for attempt in addresses[: MAX_DIAL_ADDRESSES + 1]:
                 try:
-                    async with asyncio.timeout(min(self.config.send_timeout, DIAL_TIMEOUT)):
+                    async with asyncio.timeout(timeout):
                         reached = await self.transport.connect(attempt)
                     break
                 except (TransportError, TimeoutError) as error:
                     self.dials["timeout" if isinstance(error, TimeoutError) else "failed"] += 1
-                    log.info("cannot reach %s at %s: %s", peer, attempt, error)
+                    text = str(error) or f"no answer within {timeout:.0f} s"
+                    log.info("cannot reach %s at %s: %s", peer, attempt, text)
         finally:
             self._dialling.pop(peer, None)
         if reached is None:
