@@ -525,7 +525,10 @@ class HostServices:
         try:
             addrs = self.host.get_transport_addrs()
             port = int(addrs[0].value_for_protocol("tcp")) if addrs else 4001
-            mdns = MDNSDiscovery(self.host.get_network(), port=port, host=self.host)
+            # Our addresses as we tell them (wildcards expanded, or --announce): given the
+            # host, py-libp2p announces its raw listen addresses, e.g. /ip4/0.0.0.0/...
+            tell = [str(a) for a in self.host.get_addrs() if not is_circuit_address(str(a))]
+            mdns = MDNSDiscovery(self.host.get_network(), port=port, listen_addrs=tell)
             mdns.start()
         except Exception as error:
             log.warning("mDNS could not start: %s (discovery goes on without it)", error)
