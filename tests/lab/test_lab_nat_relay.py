@@ -86,3 +86,4 @@ def test_two_peers_behind_nat_exchange_models_through_a_relay(tmp_path: Path) ->
     model_bytes = [s["bytes_out"] / max(1, s["messages_out"]) for s in summaries]
     assert relayed[0][0] >= model_bytes[1] and relayed[1][0] >= model_bytes[0], relayed
     assert set(outcomes) <= {"direct", "relayed"} and None not in outcomes, networks
+    assert "public" not in [n["reachability"] for n in networks]  # AutoNAT is not fooled
