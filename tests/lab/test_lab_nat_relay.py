@@ -49,13 +49,15 @@ def test_two_peers_behind_nat_exchange_models_through_a_relay(tmp_path: Path) ->
                 "--partition-index", f"{host}/2", "--rounds", str(ROUNDS), "--linger", "5",
                 "--log-level", "info",
             )  # fmt: skip
-        ids = [p.peer_id for p in peers]
+        ids = [p.peer_id for p in peers]  # once both printed their addresses
+        listening = time.monotonic()
 
         def joined() -> bool:
             return all(f"neighbour joined: {ids[1 - i]}" in p.log() for i, p in enumerate(peers))
 
         wait_for(joined, 120, "the peers behind NAT to become neighbours")
         joined_after = time.monotonic() - started
+        since_listening = time.monotonic() - listening
         # While B listens on its port, a plain direct dial from A gets no answer: the NAT
         # rule drops the SYN (and its retries).
         direct = lab.python(0, DIAL.format(ip=lab.address(1), port=PORT)).stdout.strip()
@@ -66,7 +68,8 @@ def test_two_peers_behind_nat_exchange_models_through_a_relay(tmp_path: Path) ->
     networks = [s["network"] for s in summaries]
     outcomes = [n["dcutr"].get(ids[1 - i]) for i, n in enumerate(networks)]
     relayed = [(n["relayed_bytes_in"], n["relayed_bytes_out"]) for n in networks]
-    print(f"neighbours through the relay {joined_after:.1f} s after the relay started")
+    print(f"neighbours through the relay {joined_after:.1f} s after the relay started, "
+          f"{since_listening:.1f} s after both peers listened")  # fmt: skip
     print("direct dial A -> B:", direct, "; frames dropped by the NAT rule:", dropped)
     print("DCUtR outcome (A's view, B's view):", outcomes)
     print("relayed bytes (in, out) per peer:", relayed, "; model bytes in:",
