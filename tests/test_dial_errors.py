@@ -57,6 +57,11 @@ def wrapped(inner: BaseException) -> Exception:
         (RuntimeError("No known addresses to peer 12D3..."), "no-address", "/p2p/ID"),
         (MultiselectClientError("handshake read failed: EOF"), "broken", "partition"),
         (MultiselectClientError("multiselect protocol ID mismatch"), "security", "Noise"),
+        (
+            MultiselectClientError("protocols not supported: tried ['/gossiplearn/model/1']"),
+            "protocol",
+            "relay",
+        ),
         (StreamEOF("Stream closed"), "broken", "partition"),
         (
             MultiselectCommunicatorError("fail to read from multiselect communicator"),

@@ -30,6 +30,7 @@ from relay_setup import make_peer, relay_transport, relayed_pair
 DCUTR_WAIT = 20.0
 BULK_PROTOCOL = "/gossiplearn/test-bulk/1"
 BULK_BYTES = 2 * 2**20  # over a relay in one process: ~1-1.6 MiB/s measured
+CLOSED = "/ip4/127.0.0.1/tcp/9"  # the discard port: nothing listens there here
 RELAY = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Z6f9EbQbTi6XsWKEmExnKZH6bXxHcS26FzW"
 
 
@@ -123,6 +124,66 @@ async def test_late_joiner_with_a_dead_bootstrap_finds_the_network_through_the_d
         await relay.stop()
 
 
+@pytest.mark.network
+@pytest.mark.slow
+async def test_peers_that_know_only_a_dht_node_find_each_other_through_it() -> None:
+    """A and B of network "lab" are connected only to a DHT node R and cannot dial each
+    other (as behind NAT: here they announce a closed port): each must find the other's
+    provider record on R, although its own record is in its local store (py-libp2p's
+    find_providers stops at a local hit, and its provide cannot reach the other)."""
+    relay = relay_transport()
+    await relay.start()
+    services = NetworkServices(network="lab", lookup_interval=1.0, autonat=False, dcutr=False)
+    transports = [
+        Libp2pTransport(listen="/ip4/127.0.0.1/tcp/0", announce=[CLOSED], services=services)
+        for _ in range(2)
+    ]
+    try:
+        for transport in transports:
+            await transport.start()
+            await transport.connect(relay.addresses[0])
+        found: list[set[str]] = [set(), set()]
+        async with asyncio.timeout(30):
+            while not (transports[1].peer_id in found[0] and transports[0].peer_id in found[1]):
+                for mine, transport in zip(found, transports, strict=True):
+                    mine.update(peer for peer, _, source in transport.discovered())
+                await asyncio.sleep(0.2)
+        assert transports[0].peer_id not in found[0]  # never itself
+    finally:
+        for transport in transports:
+            await transport.stop()
+        await relay.stop()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_autonat_tells_a_peer_nobody_can_dial_that_it_is_not_reachable() -> None:
+    """The AutoNAT server (a relay node) must dial back afresh: answering over the
+    connection the question came on told every peer it was reachable."""
+    relay = relay_transport()
+    await relay.start()
+    services = NetworkServices(autonat_interval=1.0, dcutr=False)
+    hidden = Libp2pTransport(listen="/ip4/127.0.0.1/tcp/0", announce=[CLOSED], services=services)
+    public = Libp2pTransport(listen="/ip4/127.0.0.1/tcp/0", services=services)
+    try:
+        for transport in (hidden, public):
+            await transport.start()
+            await transport.connect(relay.addresses[0])
+
+        def verdicts() -> list[str]:
+            return [t.network_status()["reachability"] for t in (hidden, public)]
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while "unknown" in verdicts():
+                    await asyncio.sleep(0.2)
+        assert verdicts() == ["private", "public"]
+    finally:
+        for transport in (hidden, public):
+            await transport.stop()
+        await relay.stop()
+
+
 # ---- the relay: two peers that reach each other only through a circuit ---------------------
 
 
@@ -195,6 +256,10 @@ async def test_dcutr_outcome_over_a_relay_is_reported() -> None:
             f"{a.status().network['upgraded']}, {b.status().network['upgraded']}"
         )
         assert kinds[1].get(a.peer_id) in ("relayed", "direct", "both")
+        # the outcome stays in the status (and the summary) after the peers part
+        network = b.status().network  # one snapshot: connection kinds and outcome agree
+        direct = network["connections"].get(a.peer_id) in ("direct", "both")
+        assert network["dcutr"].get(a.peer_id) == ("direct" if direct else "relayed")
     finally:
         await lab.stop_all()
 

@@ -176,6 +176,25 @@ async def test_unreachable_bootstrap_is_retried_with_backoff(
     assert "retrying in 1.0 s" in attempts[1]
 
 
+async def test_a_bootstrap_node_that_takes_no_models_is_no_neighbour_and_not_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bootstrap that does not speak the model protocol (a ``gossiplearn relay``) serves
+    discovery only: it is not waited for, not called unreachable, not probed."""
+    network = InMemoryNetwork()
+    relay = network.transport("relay")  # no handlers: it speaks no gossiplearn protocol
+    await relay.start()
+    b = make_peer(network, "b", 1, 2)
+    a = make_peer(network, "a", 0, 2, bootstrap=("relay", "b"))
+    async with asyncio.timeout(60), b, a:
+        while min(p.status().round for p in (a, b)) < 6:
+            await asyncio.sleep(0.05)
+        assert a.neighbours == ["b"] and a.not_speaking == {"relay"}
+        assert not a.reach.unreachable("relay")
+    await relay.stop()
+    assert not [r for r in caplog.records if "unreachable" in r.message], caplog.text
+
+
 def test_unknown_event_name_is_refused() -> None:
     peer = make_peer(InMemoryNetwork(), "x", 0, 1)
     with pytest.raises(ValueError, match="round"):

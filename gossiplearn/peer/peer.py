@@ -95,6 +95,7 @@ from gossiplearn.transport.base import (
     MODEL_PROTOCOL,
     PEER_EXCHANGE_PROTOCOL,
     SPEC_PROTOCOL,
+    ProtocolNotSpoken,
     ReceiverBusy,
     Transport,
     TransportError,
@@ -104,6 +105,8 @@ from gossiplearn.types import PeerId
 
 log = logging.getLogger("gossiplearn.peer")
 
+#: Peers remembered as not speaking the model protocol (relay nodes) at most.
+MAX_NOT_SPEAKING = 256
 #: A bootstrap peer is redialled all run long; pauses double up to this many seconds.
 BOOTSTRAP_MAX_DELAY = 30.0
 #: Failed bootstrap dials are warnings for the first few, then one in this many.
@@ -280,6 +283,8 @@ class Peer:
         self._attacking = True
         #: Peers cut off by a scenario's partition: messages to and from them are lost.
         self.blocked: set[str] = set()
+        #: Peers that do not speak the model protocol (relay nodes): never neighbours.
+        self.not_speaking: set[str] = set()
         #: Peers whose last send failed: skipped (not waited for) and probed with backoff.
         self.reach = Reachability()
         #: Sends skipped because their peer was unreachable.
@@ -635,6 +640,9 @@ class Peer:
         except ReceiverBusy as error:  # alive but over its limits: skip this message only
             log.info("%s refused %s: %s", peer, type(message).__name__, error)
             return
+        except ProtocolNotSpoken:  # reachable, but no peer to learn with (a relay node)
+            self._not_a_learner(peer)
+            return
         except (TransportError, TimeoutError) as error:
             self._unreachable(peer, f"sending {type(message).__name__}", error)
             return
@@ -661,6 +669,18 @@ class Peer:
             self._spawn(self._probe(peer))
         else:
             log.debug("%s still unreachable (%s failed: %s)", peer, what, error)
+        self._drop_neighbour(peer)
+
+    def _not_a_learner(self, peer: str) -> None:
+        """``peer`` does not speak the model protocol (e.g. our bootstrap is a ``gossiplearn
+        relay``): not a neighbour, and not unreachable either (it still serves discovery)."""
+        if peer not in self.not_speaking:
+            log.info("%s does not take models (a relay or bootstrap-only node?): not a "
+                     "neighbour", peer)  # fmt: skip
+            if len(self.not_speaking) >= MAX_NOT_SPEAKING:
+                self.not_speaking.pop()
+            self.not_speaking.add(peer)
+        self.candidates.pop(peer, None)
         self._drop_neighbour(peer)
 
     def _reachable(self, peer: str, sent_to_us: bool = False) -> None:
@@ -697,6 +717,10 @@ class Peer:
                     await self.transport.send(peer, protocol, payload)
             except ReceiverBusy:
                 pass  # alive: it answered
+            except ProtocolNotSpoken:
+                self.reach.forget(peer)
+                self._not_a_learner(peer)
+                return
             except (TransportError, TimeoutError) as error:
                 # the next try is due a delay after this one *started*: a try that waits
                 # out its deadline does not stretch the interval between tries
@@ -883,13 +907,31 @@ class Peer:
             self.book.add(peer, [address])
             self.book.reached(peer)
             if not joined:
+                # A relay node (no model protocol) serves discovery only: round 1 waits
+                # for a peer to learn with.
+                if await self._speaks_models(peer) is False:
+                    self._not_a_learner(peer)
                 self._add_neighbour(peer)
+            elif peer in self.not_speaking:
+                pass  # a relay node: it serves discovery, it is no neighbour
             elif peer not in self.neighbours and peer not in self.candidates:
                 log.info("re-joined through bootstrap %s", address)
                 self._on_dialled(peer, FIRST_HAND)
             joined = True
             delay, attempt = 0.5, 1
             await self.clock.sleep(self.config.exchange_interval)
+
+    async def _speaks_models(self, peer: str) -> bool | None:
+        """Whether a connected ``peer`` speaks the model protocol; None if the transport
+        cannot tell (a send then finds out)."""
+        speaks = getattr(self.transport, "speaks", None)
+        if speaks is None:
+            return None
+        try:
+            answer = await speaks(peer, MODEL_PROTOCOL)
+        except TransportError:
+            return None
+        return answer if isinstance(answer, bool) else None
 
     def _wants_neighbours(self) -> bool:
         """Fewer live neighbours (and candidates) than the minimum, at least one."""
@@ -935,6 +977,9 @@ class Peer:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, PEER_EXCHANGE_PROTOCOL, payload)
         except ReceiverBusy:
+            return
+        except ProtocolNotSpoken:
+            self._not_a_learner(peer)
             return
         except (TransportError, TimeoutError) as error:
             self._unreachable(peer, "peer exchange", error)
@@ -990,14 +1035,16 @@ class Peer:
             addresses += [a for a in relay_routes(peer) if a not in addresses]
         reached = None
         try:
+            timeout = min(self.config.send_timeout, DIAL_TIMEOUT)
             for attempt in addresses[: MAX_DIAL_ADDRESSES + 1]:
                 try:
-                    async with asyncio.timeout(min(self.config.send_timeout, DIAL_TIMEOUT)):
+                    async with asyncio.timeout(timeout):
                         reached = await self.transport.connect(attempt)
                     break
                 except (TransportError, TimeoutError) as error:
                     self.dials["timeout" if isinstance(error, TimeoutError) else "failed"] += 1
-                    log.info("cannot reach %s at %s: %s", peer, attempt, error)
+                    text = str(error) or f"no answer within {timeout:.0f} s"
+                    log.info("cannot reach %s at %s: %s", peer, attempt, text)
         finally:
             self._dialling.pop(peer, None)
         if reached is None:
@@ -1013,6 +1060,8 @@ class Peer:
     def _on_dialled(self, peer: str, source: str) -> None:
         """A dial reached ``peer``: a neighbour at once (modest), or a candidate on
         probation that gets our model first (gossip)."""
+        if peer in self.not_speaking:
+            return
         self._tell_spec(peer)
         if self.architecture.refuses(peer):
             return
@@ -1053,7 +1102,9 @@ class Peer:
             return
         if self.reach.unreachable(peer):  # back once it takes or sends a message
             return
-        if self.quarantine.holds(peer, self.clock.time()) or self.architecture.refuses(peer):
+        if self.quarantine.holds(peer, self.clock.time()) or peer in self.not_speaking:
+            return
+        if self.architecture.refuses(peer):
             return
         self.candidates.pop(peer, None)
         self.neighbours.append(peer)

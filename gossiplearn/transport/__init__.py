@@ -9,6 +9,7 @@ from gossiplearn.transport.base import (
     MODEL_PROTOCOL,
     PEER_EXCHANGE_PROTOCOL,
     Handler,
+    ProtocolNotSpoken,
     Transport,
     TransportError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Handler",
     "InMemoryNetwork",
     "InMemoryTransport",
+    "ProtocolNotSpoken",
     "Transport",
     "TransportError",
 ]

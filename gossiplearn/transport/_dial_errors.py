@@ -26,8 +26,8 @@ __all__ = ["DialFailure", "chain", "classify"]
 class DialFailure:
     """Why a connection failed (``kind``), in words, with a hint of what to try."""
 
-    kind: str  # refused, timeout, unreachable, wrong-peer-id, no-address, security, broken,
-    # closed
+    kind: str  # refused, timeout, unreachable, wrong-peer-id, no-address, security,
+    # protocol, broken, closed
     reason: str
     hint: str
 
@@ -64,6 +64,11 @@ _HINTS = {
     "security": (
         "security negotiation failed: the other end does not speak libp2p with Noise",
         "is that port another service, or a libp2p node without Noise encryption?",
+    ),
+    "protocol": (
+        "the peer does not speak this protocol",
+        "it may be a gossiplearn relay (a bootstrap and relay node that trains nothing), "
+        "another application, or a gossiplearn version without it",
     ),
     "broken": (
         "the connection to the peer broke",
@@ -138,19 +143,22 @@ _BROKEN_WORDS = ("read failed", "write failed", "fail to read", "fail to write")
 
 
 def _multiselect_kind(text: str) -> str:
-    """py-libp2p raises Multiselect errors both when the other end speaks another protocol
-    (a security mismatch) and when the connection dies mid-negotiation, as it does in a
-    partition ("handshake read failed: ...")."""
+    """py-libp2p raises Multiselect errors when the other end speaks another protocol (a
+    security mismatch, or "protocols not supported" for an application protocol) and when
+    the connection dies mid-negotiation, as it does in a partition ("handshake read
+    failed: ...")."""
     if any(words in text for words in _BROKEN_WORDS):
         return "broken"
+    if "not supported" in text:  # the answer "na" to a protocol after the handshake
+        return "protocol"
     return "security"
 
 
 #: When several causes are present, the most specific wins. A timeout outranks a failed
 #: negotiation: a handshake cut short by the deadline (a slow or overloaded peer) also
 #: leaves a multiselect error in the chain, and the deadline is what happened.
-_PRIORITY = ("wrong-peer-id", "no-address", "refused", "unreachable", "timeout", "security",
-             "broken", "closed")  # fmt: skip
+_PRIORITY = ("wrong-peer-id", "no-address", "refused", "unreachable", "timeout", "protocol",
+             "security", "broken", "closed")  # fmt: skip
 
 
 def classify(error: BaseException) -> DialFailure | None:

@@ -28,6 +28,11 @@ class TransportError(GossiplearnError):
     """A send or dial failed (peer unreachable, timeout, stream reset)."""
 
 
+class ProtocolNotSpoken(TransportError):
+    """The peer is there but does not speak the protocol: e.g. a ``gossiplearn relay``
+    node (a bootstrap and relay that trains nothing), or another application."""
+
+
 class ReceiverBusy(TransportError):
     """The receiver refused a message for now (over its stream or byte-rate limits): the
     peer is alive, try again later."""

@@ -64,7 +64,7 @@ from gossiplearn.protocols.signing import CallableSigner
 from gossiplearn.transport._addresses import advertised, dial_order
 from gossiplearn.transport._dial_errors import chain, classify
 from gossiplearn.transport._handlers import HandlerTasks
-from gossiplearn.transport.base import Handler, ReceiverBusy, TransportError
+from gossiplearn.transport.base import Handler, ProtocolNotSpoken, ReceiverBusy, TransportError
 from gossiplearn.transport.discovery import NetworkServices
 from gossiplearn.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -113,6 +113,8 @@ _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
 _ANSWER_TIMEOUT = 5.0
 _INBOUND_GRACE = 2.0
+#: Seconds to wait for a new connection's identify message (the protocols it speaks).
+_IDENTIFY_WAIT = 2.0
 #: How long a refused stream is drained so its sender reads our status before the reset
 #: (a cooperating sender stops after its current write piece; others are cut off).
 _DRAIN_TIMEOUT = 5.0
@@ -492,6 +494,11 @@ class Libp2pTransport:
         """Inbound frames and streams refused so far, by reason (any thread may ask)."""
         return self.limits.rejected_counts()
 
+    async def speaks(self, peer: str, protocol: str) -> bool | None:
+        """Whether a connected ``peer`` speaks ``protocol``, as its identify message says
+        (waited for up to 2 s after the connection opened); None if unknown."""
+        return await self._call(self._trio_speaks, peer, protocol, timeout=_IDENTIFY_WAIT + 1)
+
     def connected_peers(self) -> list[str]:
         """Peers with at least one open connection."""
         host = self._host
@@ -519,6 +526,7 @@ class Libp2pTransport:
             "connections": dict(snapshot.connections),
             "dht_peers": snapshot.dht_peers,
             "upgraded": list(snapshot.upgraded),
+            "dcutr": dict(snapshot.dcutr),
             "relaying": snapshot.relaying,
             "relayed_bytes_in": services.counts["relayed_bytes_in"],
             "relayed_bytes_out": services.counts["relayed_bytes_out"],
@@ -805,6 +813,19 @@ class Libp2pTransport:
             self._services.note_connected(address)
         return info.peer_id.to_base58()
 
+    async def _trio_speaks(self, peer: str, protocol: str) -> bool | None:
+        host = self._host
+        assert host is not None
+        with contextlib.suppress(Exception), trio.move_on_after(_IDENTIFY_WAIT):
+            peer_id = ID.from_base58(peer)
+            while True:
+                with contextlib.suppress(Exception):
+                    protocols = host.get_peerstore().get_protocols(peer_id)
+                    if protocols:
+                        return protocol in protocols
+                await trio.sleep(0.05)
+        return None
+
     async def _trio_send(self, peer: str, protocol: str, payload: bytes) -> None:
         try:
             peer_id = ID.from_base58(peer)
@@ -853,7 +874,9 @@ class Libp2pTransport:
         except TransportError:
             raise
         except Exception as error:
-            raise TransportError(f"sending to {peer} failed: {_explain(error)}") from error
+            failure = classify(error)
+            kind = ProtocolNotSpoken if failure and failure.kind == "protocol" else TransportError
+            raise kind(f"sending to {peer} failed: {_explain(error)}") from error
         if status is Status.BUSY:
             raise ReceiverBusy(f"{peer} {status.describe()}")
         if status is not Status.OK:

@@ -18,7 +18,10 @@ appends/pops) and plain counters.
 
 py-libp2p 0.8.1 facts relied on (measured on 127.0.0.1): ``KadDHT.provide`` and
 ``find_providers`` work between three hosts in ~0.1 s once each has a routing-table peer,
-but the DHT never adds connected peers to its routing table by itself (done here); the
+but the DHT never adds connected peers to its routing table by itself (done here);
+``find_providers`` answers from the local store alone once it holds any record (after our
+own ``provide`` it always does), so peers that cannot dial each other, and so never store
+each other's records, would never meet: the connected DHT servers are asked directly; the
 swarm drops ``/p2p-circuit`` addresses from every dial (``Swarm.dial_peer``), so circuit
 addresses are dialled with ``CircuitV2Transport.dial`` directly; that transport makes a
 reservation before every dial when the CLIENT role is set, so the role is left out and
@@ -44,7 +47,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.host.autonat import AutoNATService, AutoNATStatus
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
 from libp2p.host.basic_host import BasicHost
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
@@ -65,6 +69,9 @@ log = logging.getLogger("gossiplearn.transport.discovery")
 #: Found peers waiting for the asyncio side (older ones are dropped past this).
 _MAX_FOUND = 256
 _PROVIDERS_PER_LOOKUP = 20
+#: Connected DHT servers asked directly for the network's providers, and for how long.
+_LOOKUP_SERVERS = 3
+_QUERY_TIMEOUT = 5.0
 #: Re-announce the network's key every this many lookups.
 _PROVIDE_EVERY = 6
 #: Seconds between attempts while a step has nothing to work with yet.
@@ -73,6 +80,10 @@ _STEP_TIMEOUT = 30.0
 _ROUTING_FEED = 64
 _AUTO_RELAYS = 2
 _RESERVE_RETRY_MAX = 60.0
+#: Seconds an AutoNAT dial-back may take to open a TCP connection.
+_DIAL_BACK_TIMEOUT = 5.0
+#: Peers whose DCUtR outcome is remembered (the first ones met over a relay).
+_MAX_DCUTR = 256
 
 _STATUS = {
     AutoNATStatus.UNKNOWN: "unknown",
@@ -104,6 +115,9 @@ class NetworkSnapshot:
     dht_peers: int = 0
     #: Peers DCUtR upgraded to a direct connection.
     upgraded: tuple[str, ...] = ()
+    #: DCUtR's outcome for every peer ever connected over a relay: "direct" once a direct
+    #: connection to it appeared, else "relayed" (kept after the peer disconnects).
+    dcutr: dict[str, str] = field(default_factory=dict)
     #: Circuits this host relays for others right now (relay service only).
     relaying: int = 0
 
@@ -150,6 +164,29 @@ class _CountingCircuitProtocol(CircuitV2Protocol):
         await super().handle_incoming_connection(counted, remote_peer_id)
 
 
+class _DialBackAutoNAT(AutoNATService):
+    """An AutoNAT server that really dials back. py-libp2p's ``_try_dial`` calls
+    ``host.connect``, which returns the connection the request came on, so every asker is
+    told it is reachable (measured in the lab: peers behind NAT were "public"). Here a
+    fresh TCP connection to each address (already limited to the asker's observed IP) must
+    open within a few seconds; it is closed at once."""
+
+    async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
+        for raw in addrs:
+            with contextlib.suppress(Exception):
+                address = multiaddr.Multiaddr(raw)
+                names = [p.name for p in address.protocols()]
+                if "tcp" not in names or is_circuit_address(str(address)):
+                    continue
+                host = address.value_for_protocol("ip4" if "ip4" in names else "ip6")
+                port = int(address.value_for_protocol("tcp"))
+                with trio.move_on_after(_DIAL_BACK_TIMEOUT):
+                    stream = await trio.open_tcp_stream(host, port)
+                    await stream.aclose()
+                    return bytes(raw)
+        return None
+
+
 class HostServices:
     """Discovery and NAT traversal beside one libp2p host (libp2p thread only)."""
 
@@ -163,11 +200,12 @@ class HostServices:
         self.found: deque[tuple[str, list[str], str]] = deque(maxlen=_MAX_FOUND)
         self.snapshot = NetworkSnapshot()
         self._reservations: dict[str, str] = {}
+        self._dcutr: dict[str, str] = {}  # the snapshot's dcutr (libp2p thread only)
         self._relay_addresses: dict[str, str] = {}  # relay id -> the address we reach it at
         self._reachability = "unknown"
         self._dht: KadDHT | None = None
         self._autonat: AutoNATService | None = None
-        self._dcutr: DCUtRProtocol | None = None
+        self._dcutr_service: DCUtRProtocol | None = None
         self._circuit: _CountingCircuitTransport | None = None
         self._protocol: _CountingCircuitProtocol | None = None
         self._nursery: trio.Nursery | None = None
@@ -201,10 +239,10 @@ class HostServices:
                 self._dht = KadDHT(self.host, DHTMode.SERVER, enable_random_walk=True)
                 await stack.enter_async_context(background_trio_service(self._dht))
             if options.dcutr:
-                self._dcutr = DCUtRProtocol(self.host)
-                await stack.enter_async_context(background_trio_service(self._dcutr))
+                self._dcutr_service = DCUtRProtocol(self.host)
+                await stack.enter_async_context(background_trio_service(self._dcutr_service))
             if options.autonat:
-                self._autonat = AutoNATService(cast(BasicHost, self.host), confirmations=1)
+                self._autonat = _DialBackAutoNAT(cast(BasicHost, self.host), confirmations=1)
             if options.mdns:
                 stack.enter_context(self._mdns())
             async with trio.open_nursery() as nursery:
@@ -315,7 +353,32 @@ class HostServices:
                     await dht.add_peer(peer)
 
     async def _lookup(self, dht: KadDHT, key: str) -> None:
-        providers = await dht.find_providers(key, _PROVIDERS_PER_LOOKUP)
+        providers = await self._ask_connected(dht, key)
+        self._take_providers(providers)
+        self._take_providers(await dht.find_providers(key, _PROVIDERS_PER_LOOKUP))
+
+    async def _ask_connected(self, dht: KadDHT, key: str) -> list[PeerInfo]:
+        """The providers of ``key`` that the connected DHT servers closest to it know.
+        py-libp2p's ``find_providers`` answers from the local store alone once it holds a
+        record, and it always holds our own after ``provide``: peers that cannot dial each
+        other (behind NAT), and so never store each other's records, would never meet."""
+        encoded = _encode_key(key)
+        connected = [p for p in self._connected() if dht.routing_table.peer_in_table(p)]
+        closest = sort_peer_ids_by_distance(encoded, connected)[:_LOOKUP_SERVERS]
+        found: list[PeerInfo] = []
+
+        async def ask(peer: ID) -> None:
+            with contextlib.suppress(Exception), trio.move_on_after(_QUERY_TIMEOUT):
+                store = dht.provider_store
+                providers, _ = await store._get_providers_from_peer_with_closers(peer, encoded)
+                found.extend(providers)
+
+        async with trio.open_nursery() as nursery:
+            for peer in closest:
+                nursery.start_soon(ask, peer)
+        return found
+
+    def _take_providers(self, providers: list[PeerInfo]) -> None:
         seen: set[ID] = set()
         for info in providers:
             if info.peer_id == self.own or info.peer_id in seen:
@@ -421,8 +484,9 @@ class HostServices:
             seen = {"relayed" if _relayed(c) else "direct" for c in conns}
             if seen:
                 kinds[peer.to_base58()] = seen.pop() if len(seen) == 1 else "both"
-        dcutr = self._dcutr
+        dcutr = self._dcutr_service
         upgraded = tuple(sorted(p.to_base58() for p in dcutr._direct_connections)) if dcutr else ()
+        self._note_dcutr(kinds, upgraded)
         protocol = self._protocol
         return NetworkSnapshot(
             reachability=self._reachability,
@@ -430,8 +494,20 @@ class HostServices:
             connections=kinds,
             dht_peers=self._dht.get_routing_table_size() if self._dht is not None else 0,
             upgraded=upgraded,
+            dcutr=dict(self._dcutr),
             relaying=len(protocol._active_relays) if protocol is not None else 0,
         )
+
+    def _note_dcutr(self, kinds: dict[str, str], upgraded: tuple[str, ...]) -> None:
+        """Remember, per peer met over a relay, whether a direct connection followed."""
+        for peer, kind in kinds.items():
+            if kind != "direct" and (peer in self._dcutr or len(self._dcutr) < _MAX_DCUTR):
+                self._dcutr.setdefault(peer, "relayed")
+        for peer, kind in kinds.items():
+            direct = kind != "relayed" or peer in upgraded
+            if direct and self._dcutr.get(peer) == "relayed":
+                self._dcutr[peer] = "direct"
+                log.info("DCUtR: %s is now connected directly (was relayed)", peer)
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -449,7 +525,10 @@ class HostServices:
         try:
             addrs = self.host.get_transport_addrs()
             port = int(addrs[0].value_for_protocol("tcp")) if addrs else 4001
-            mdns = MDNSDiscovery(self.host.get_network(), port=port, host=self.host)
+            # Our addresses as we tell them (wildcards expanded, or --announce): given the
+            # host, py-libp2p announces its raw listen addresses, e.g. /ip4/0.0.0.0/...
+            tell = [str(a) for a in self.host.get_addrs() if not is_circuit_address(str(a))]
+            mdns = MDNSDiscovery(self.host.get_network(), port=port, listen_addrs=tell)
             mdns.start()
         except Exception as error:
             log.warning("mDNS could not start: %s (discovery goes on without it)", error)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gossiplearn.transport._handlers import HandlerTasks
-from gossiplearn.transport.base import Handler, TransportError
+from gossiplearn.transport.base import Handler, ProtocolNotSpoken, TransportError
 from gossiplearn.transport.framing import DEFAULT_MAX_FRAME_BYTES
 
 ADDRESS_PREFIX = "/memory/"
@@ -208,6 +208,11 @@ class InMemoryTransport:
         """Peers with an open 'connection' to or from this one."""
         return sorted(self._connected)
 
+    async def speaks(self, peer: str, protocol: str) -> bool | None:
+        """Whether ``peer`` handles ``protocol`` (None if it is not on the network)."""
+        target = self.network._transports.get(peer)
+        return None if target is None else protocol in target._handlers
+
     # ---- internals ------------------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -223,7 +228,7 @@ class InMemoryTransport:
             )
         handler = self._handlers.get(protocol)
         if handler is None:
-            raise TransportError(f"{self._peer_id} has no handler for {protocol}")
+            raise ProtocolNotSpoken(f"{self._peer_id} has no handler for {protocol}")
         self._tasks.spawn(handler, sender, protocol, payload)
 
     def _crash(self) -> None:

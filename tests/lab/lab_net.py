@@ -10,11 +10,15 @@ each frame to the destination's tap (broadcasts to all) after
 - a rate limit per host uplink (``rate_mbit``; a tail drop beyond one second of queue),
 - a delay of ``delay`` ± ``jitter`` seconds (FIFO per link: no reordering),
 - a random loss of ``loss`` per frame,
-- and dropping every frame between hosts of different groups while a partition holds.
+- dropping every frame between hosts of different groups while a partition holds,
+- and, for hosts behind NAT (``Lab(3, nat=[0, 1])``), dropping inbound frames that belong
+  to no flow the host opened (stateful connection tracking: see lab_nat.py).
 
 A tap without IFF_VNET_HDR gets fully checksummed, segmented frames, so no offload
 settings are needed. The relay is controlled through its stdin (``partition 0,1 2,3,4``,
-``heal``, ``quit``), one ``ok`` line per command. No address outside the namespaces is
+``heal``, ``nat 0 1`` (hosts 0 and 1 each behind a NAT of its own; ``nat 0,1`` both behind
+one; ``nat`` alone: none), ``stats`` (frames the NAT rule dropped), ``quit``), one ``ok``
+line per command. No address outside the namespaces is
 used and nothing is routed out of them: the taps are the namespaces' only interfaces.
 
 :class:`Lab` creates and removes everything (namespaces, relay, processes started with
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import heapq
+import json
 import os
 import random
 import select
@@ -36,8 +41,11 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from lab_nat import NatTable
 
 SUBNET = "10.77.0"
 _TUNSETIFF = 0x400454CA
@@ -73,7 +81,8 @@ def _must(command: list[str]) -> None:
 
 
 class Lab:
-    """``hosts`` namespaces joined by the relay switch; a context manager."""
+    """``hosts`` namespaces joined by the relay switch; a context manager. ``nat``: hosts
+    behind NAT from the start (as :meth:`nat` takes them)."""
 
     def __init__(
         self,
@@ -84,6 +93,7 @@ class Lab:
         loss: float = 0.01,
         rate_mbit: float = 8.0,
         seed: int = 0,
+        nat: Sequence[int | list[int]] = (),
     ) -> None:
         self.hosts = hosts
         tag = os.getpid() % 100000
@@ -93,6 +103,7 @@ class Lab:
         self.relay: subprocess.Popen[str] | None = None
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
+        self._nat = nat
 
     def address(self, host: int) -> str:
         return f"{SUBNET}.{host + 1}"
@@ -127,6 +138,10 @@ class Lab:
             _must(["ip", "-n", namespace, "link", "set", tap, "up"])
             _run(["ip", "netns", "exec", namespace, "sysctl", "-qw",
                   "net.ipv6.conf.all.disable_ipv6=1"])  # fmt: skip
+            # multicast (mDNS) needs a route; a real machine has it through its default route
+            _must(["ip", "-n", namespace, "route", "add", "224.0.0.0/4", "dev", tap])
+        if self._nat:
+            self.nat(*self._nat)
 
     def spawn(self, host: int, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         """Run ``python -m gossiplearn ARGS`` on ``host``; its output goes to ``log``."""
@@ -142,13 +157,33 @@ class Lab:
         self.processes.append(process)
         return process
 
-    def _control(self, line: str) -> None:
+    def python(self, host: int, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``python -c CODE`` on ``host`` and wait for it."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespaces[host], sys.executable, "-c", code],
+            capture_output=True, text=True, check=False, timeout=timeout,
+        )  # fmt: skip
+
+    def _control(self, line: str) -> str:
         relay = self.relay
         assert relay is not None and relay.stdin is not None and relay.stdout is not None
         relay.stdin.write(line + "\n")
         relay.stdin.flush()
-        if relay.stdout.readline().strip() != "ok":
-            raise RuntimeError(f"the lab relay refused {line!r}")
+        reply = relay.stdout.readline().strip()
+        if reply.split(" ", 1)[0] != "ok":
+            raise RuntimeError(f"the lab relay refused {line!r}: {reply}")
+        return reply[2:].strip()
+
+    def nat(self, *hosts: int | list[int]) -> None:
+        """Put hosts behind NAT: each int its own NAT, each list a LAN behind one NAT;
+        no argument: every host public again."""
+        words = [str(h) if isinstance(h, int) else ",".join(map(str, h)) for h in hosts]
+        self._control(" ".join(["nat", *words]))
+
+    def nat_dropped(self) -> dict[str, int]:
+        """Inbound frames the NAT rule dropped so far: per target host ("1"), and new
+        TCP connections among them ("syn 1")."""
+        return dict(json.loads(self._control("stats")))
 
     def partition(self, *groups: list[int]) -> None:
         """Drop all traffic between hosts of different groups (until :meth:`heal`)."""
@@ -195,7 +230,8 @@ def relay(delay: float, jitter: float, loss: float, rate_mbit: float, seed: int,
     group = [0] * len(fds)
     busy = [0.0] * len(fds)  # when each host's uplink is free again
     last: dict[tuple[int, int], float] = {}  # FIFO per link
-    queue: list[tuple[float, int, int, bytes]] = []
+    queue: list[tuple[float, int, int, int, bytes]] = []
+    nat = NatTable([None] * len(fds))
     seq = 0
     byte_time = 8 / (rate_mbit * 1e6)
     print("ready", flush=True)
@@ -203,7 +239,9 @@ def relay(delay: float, jitter: float, loss: float, rate_mbit: float, seed: int,
     while True:
         now = time.monotonic()
         while queue and queue[0][0] <= now:
-            _, _, port, frame = heapq.heappop(queue)
+            _, _, source, port, frame = heapq.heappop(queue)
+            if not nat.admits(source, port, frame, now):  # judged where it arrives
+                continue
             with contextlib.suppress(OSError):  # the namespace is going away: lost
                 os.write(fds[port], frame)
         wait = max(0.0, queue[0][0] - now) if queue else 0.5
@@ -220,6 +258,11 @@ def relay(delay: float, jitter: float, loss: float, rate_mbit: float, seed: int,
                     for number, members in enumerate(words[1:]):
                         for member in members.split(","):
                             group[int(member)] = number
+                elif words[0] == "nat":
+                    nat.set_groups(_nat_groups(words[1:], len(fds)))
+                elif words[0] == "stats":
+                    print("ok", json.dumps(nat.dropped), flush=True)
+                    continue
                 print("ok", flush=True)
                 continue
             source = port_of[fd]
@@ -231,6 +274,7 @@ def relay(delay: float, jitter: float, loss: float, rate_mbit: float, seed: int,
                 except OSError:
                     break
                 macs[frame[6:12]] = source
+                nat.leaving(source, frame, now)  # a NAT'd host's flow opens as it leaves
                 destination = frame[0:6]
                 if destination[0] & 1 or destination not in macs:
                     targets = [p for p in range(len(fds)) if p != source]
@@ -247,7 +291,16 @@ def relay(delay: float, jitter: float, loss: float, rate_mbit: float, seed: int,
                     arrive = max(arrive, last.get((source, target), 0.0))
                     last[(source, target)] = arrive
                     seq += 1
-                    heapq.heappush(queue, (arrive, seq, target, frame))
+                    heapq.heappush(queue, (arrive, seq, source, target, frame))
+
+
+def _nat_groups(words: list[str], hosts: int) -> list[int | None]:
+    """``["0", "1,2"]`` -> host 0 behind one NAT, hosts 1 and 2 behind another."""
+    group: list[int | None] = [None] * hosts
+    for number, members in enumerate(words):
+        for member in members.split(","):
+            group[int(member)] = number
+    return group
 
 
 def main(argv: list[str]) -> Any:
