@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from gossiplearn.errors import MalformedMessage
+from gossiplearn.errors import MalformedMessage, WireError
 from gossiplearn.protocols.codec import (
     message_from_fields,
     register_wire_type,
@@ -107,18 +107,25 @@ class ReferenceMissing:
 def rebuild(message: CompressedModel, vector: npt.NDArray[np.float32], spec: ModelSpec) -> Message:
     """The carried message, its floating-point tensors taken from ``vector``; checked by
     the carried type's own decoder (WireError subclasses only, for a valid vector)."""
-    obj = unpack_map(message.inner)
-    tensors = obj.get("tensors")
-    if not isinstance(tensors, list):
-        raise MalformedMessage("compressed model: inner message has no tensors list")
-    offset = 0
-    for name in float_tensors(spec):
-        dtype, shape = spec[name]
-        size = math.prod(shape)
-        array = vector[offset : offset + size].astype(dtype)
-        offset += size
-        tensors.append([name, dtype, list(shape), array.tobytes()])
-    return message_from_fields(obj, spec, allowed=CARRIED_TYPES)
+    try:
+        obj = unpack_map(message.inner)
+        tensors = obj.get("tensors")
+        if not isinstance(tensors, list):
+            raise MalformedMessage("compressed model: inner message has no tensors list")
+        offset = 0
+        for name in float_tensors(spec):
+            dtype, shape = spec[name]
+            size = math.prod(shape)
+            array = vector[offset : offset + size].astype(dtype)
+            offset += size
+            tensors.append([name, dtype, list(shape), array.tobytes()])
+        return message_from_fields(obj, spec, allowed=CARRIED_TYPES)
+    except WireError:
+        raise
+    except Exception as exc:  # a bug, not the peer's fault -- but never crash the peer
+        raise MalformedMessage(
+            f"could not rebuild compressed model ({type(exc).__name__}: {exc!s:.200})"
+        ) from exc
 
 
 def _fields(message: CompressedModel) -> dict[str, Any]:
