@@ -73,9 +73,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
 
     def run(part: str, protocol: str, spec: str, **options: Any) -> None:
-        config = make_config(
-            **base, partition=part, protocol=protocol, compression=spec, **options
-        )
+        config = make_config(**base, partition=part, protocol=protocol, compression=spec, **options)
         started = time.perf_counter()
         result = simulate(config)
         reached = first_reaching(result.metrics, target)
