@@ -28,11 +28,11 @@ from gossiplearn import make_config, simulate
 RESULTS = Path(__file__).parent / "results"
 SPECS = [
     "none",
-    "float16",
-    "bfloat16",
     "int8",
     "topk:0.1+int8",
     "topk:0.05+int8",
+    "float16",
+    "bfloat16",
     "random:0.1+int8",
 ]
 QUICK_SPECS = ["none", "int8", "topk:0.1+int8"]
@@ -53,8 +53,25 @@ def main() -> int:
     parser.add_argument("--specs", help="comma-separated specs (default: a set of each kind)")
     parser.add_argument("--partitions", default="iid,dirichlet:0.3")
     parser.add_argument("--no-modest", action="store_true", help="skip the MoDeST runs")
+    parser.add_argument("--local-epochs", type=float)
     parser.add_argument("--name", help="results file name (default: compression[_quick])")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="only merge the results of earlier runs (e.g. one per partition) into one table",
+    )
     args = parser.parse_args()
+    console = Console(highlight=False)
+    name = args.name or ("compression_quick" if args.quick else "compression")
+    if args.combine:
+        parts = [json.loads(path.read_text()) for path in args.combine]
+        settings = parts[0]["settings"] | {
+            "partitions": [p for part in parts for p in part["settings"]["partitions"]]
+        }
+        report(console, settings, [r for part in parts for r in part["runs"]], name)
+        return 0
 
     if args.quick:
         base = dict(peers=args.peers or 16, rounds=args.rounds or 6, topology="regular:4")
@@ -63,13 +80,19 @@ def main() -> int:
     else:
         base = dict(peers=args.peers or 100, rounds=args.rounds or 30, topology="regular:8")
         target = args.target or 0.7
+    if args.local_epochs:
+        base["local_epochs"] = args.local_epochs
     base |= dict(dataset="fashion-mnist", model=args.model, seed=args.seed, eval_samples=2000)
     specs = args.specs.split(",") if args.specs else QUICK_SPECS if args.quick else SPECS
     if "none" not in specs:
         specs = ["none", *specs]
     partitions = args.partitions.split(",")
-
-    console = Console(highlight=False)
+    settings: dict[str, Any] = base | {
+        "target": target,
+        "partitions": partitions,
+        "specs": specs,
+        "model": args.model,
+    }
     runs: list[dict[str, Any]] = []
 
     def run(part: str, protocol: str, spec: str, **options: Any) -> None:
@@ -90,6 +113,7 @@ def main() -> int:
             "metrics": result.metrics,
         }
         runs.append(entry)
+        _write(settings, runs, name)  # a partial result survives an interrupted run
         console.print(
             f"{part:<14} {protocol:<7} {spec:<16} final {entry['final_accuracy']:.4f}  "
             f"{entry['bytes_sent'] / 1e6:9.1f} MB  to {target}: round "
@@ -99,16 +123,30 @@ def main() -> int:
     for part in partitions:
         for spec in specs:
             run(part, "gossip", spec, aggregator="vc")
-    best = best_spec(runs, specs)
+    settings["best"] = best = best_spec(runs, specs)
     if not args.no_modest:
         for part in partitions:
             for spec in dict.fromkeys(["none", best]):
                 run(part, "modest", spec)
-    add_ratios(runs)
+    report(console, settings, runs, name)
+    return 0
 
+
+def _write(settings: dict[str, Any], runs: list[dict[str, Any]], name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"settings": settings, "runs": runs}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def report(
+    console: Console, settings: dict[str, Any], runs: list[dict[str, Any]], name: str
+) -> None:
+    """Print the table; write the JSON and the plot."""
+    add_ratios(runs)
+    target = settings["target"]
     title = (
-        f"Fashion-MNIST, {base['peers']} peers, {base['topology']}, {args.model}, "
-        f"{base['rounds']} rounds, seed {args.seed}; x fewer bytes than none"
+        f"Fashion-MNIST, {settings['peers']} peers, {settings['topology']}, {settings['model']}, "
+        f"{settings['rounds']} rounds, seed {settings['seed']}; x fewer bytes than none"
     )
     table = Table(title=title)
     for column in (
@@ -126,16 +164,10 @@ def main() -> int:
     for entry in runs:
         table.add_row(*row(entry))
     console.print(table)
-    console.print(f"best spec (for MoDeST): {best}")
-
-    RESULTS.mkdir(exist_ok=True)
-    name = args.name or ("compression_quick" if args.quick else "compression")
-    settings = base | {"target": target, "partitions": partitions, "specs": specs, "best": best}
-    payload = {"settings": settings, "runs": runs}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    plot(runs, partitions, RESULTS / f"{name}.png", target)
+    console.print(f"best spec (for MoDeST): {settings.get('best')}")
+    _write(settings, runs, name)
+    plot(runs, settings["partitions"], RESULTS / f"{name}.png", target)
     console.print(f"wrote {RESULTS / name}.json and .png")
-    return 0
 
 
 def best_spec(runs: list[dict[str, Any]], specs: list[str]) -> str:

@@ -18,7 +18,9 @@ history records) are msgpack maps with the same ``type`` and ``version`` keys. E
 registers how its fields go on the wire with :func:`register_wire_type`; :func:`encode`
 dispatches on the message class and :func:`decode_message` on the type id, with the same
 limits and the same promise (only ``WireError`` escapes). :func:`decode` stays the
-model-only entry point.
+model-only entry point. Compressed models (``--compression``) are such a registered type,
+:mod:`~gossiplearn.protocols.compressed_messages`; with compression ``none`` nothing here
+changes.
 """
 
 from __future__ import annotations
