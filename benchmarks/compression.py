@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--specs", help="comma-separated specs (default: a set of each kind)")
     parser.add_argument("--partitions", default="iid,dirichlet:0.3")
     parser.add_argument("--no-modest", action="store_true", help="skip the MoDeST runs")
+    parser.add_argument(
+        "--modest-only", metavar="SPEC", help="run only MoDeST, without and with SPEC"
+    )
     parser.add_argument("--local-epochs", type=float)
     parser.add_argument("--name", help="results file name (default: compression[_quick])")
     parser.add_argument(
@@ -63,18 +66,20 @@ def main() -> int:
         help="only merge the results of earlier runs (e.g. one per partition) into one table",
     )
     args = parser.parse_args()
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=150)
     name = args.name or ("compression_quick" if args.quick else "compression")
     if args.combine:
         parts = [json.loads(path.read_text()) for path in args.combine]
         settings = parts[0]["settings"] | {
             "partitions": [p for part in parts for p in part["settings"]["partitions"]]
         }
+        if args.target:
+            settings["target"] = args.target
         report(console, settings, [r for part in parts for r in part["runs"]], name)
         return 0
 
     if args.quick:
-        base = dict(peers=args.peers or 16, rounds=args.rounds or 6, topology="regular:4")
+        base = dict(peers=args.peers or 12, rounds=args.rounds or 5, topology="regular:4")
         base |= dict(local_epochs=0.5)
         target = args.target or 0.6
     else:
@@ -82,7 +87,8 @@ def main() -> int:
         target = args.target or 0.7
     if args.local_epochs:
         base["local_epochs"] = args.local_epochs
-    base |= dict(dataset="fashion-mnist", model=args.model, seed=args.seed, eval_samples=2000)
+    evaluated = 1000 if args.quick else 2000
+    base |= dict(dataset="fashion-mnist", model=args.model, seed=args.seed, eval_samples=evaluated)
     specs = args.specs.split(",") if args.specs else QUICK_SPECS if args.quick else SPECS
     if "none" not in specs:
         specs = ["none", *specs]
@@ -120,10 +126,13 @@ def main() -> int:
             f"{entry['rounds_to_target']}  ({entry['wall_seconds']} s)"
         )
 
-    for part in partitions:
-        for spec in specs:
-            run(part, "gossip", spec, aggregator="vc")
-    settings["best"] = best = best_spec(runs, specs)
+    if args.modest_only:
+        specs = ["none", args.modest_only]
+    else:
+        for part in partitions:
+            for spec in specs:
+                run(part, "gossip", spec, aggregator="vc")
+    settings["best"] = best = args.modest_only or best_spec(runs, specs)
     if not args.no_modest:
         for part in partitions:
             for spec in dict.fromkeys(["none", best]):
@@ -142,14 +151,14 @@ def report(
     console: Console, settings: dict[str, Any], runs: list[dict[str, Any]], name: str
 ) -> None:
     """Print the table; write the JSON and the plot."""
-    add_ratios(runs)
     target = settings["target"]
+    add_ratios(runs, target)
     title = (
         f"Fashion-MNIST, {settings['peers']} peers, {settings['topology']}, {settings['model']}, "
         f"{settings['rounds']} rounds, seed {settings['seed']}; x fewer bytes than none"
     )
     table = Table(title=title)
-    for column in (
+    columns = (
         "partition",
         "protocol",
         "compression",
@@ -159,12 +168,16 @@ def report(
         f"x fewer to {target}",
         "MB in all",
         "x fewer in all",
-    ):
+    )
+    for column in columns:
         table.add_column(column)
     for entry in runs:
         table.add_row(*row(entry))
     console.print(table)
     console.print(f"best spec (for MoDeST): {settings.get('best')}")
+    console.print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for entry in runs:
+        console.print("| " + " | ".join(row(entry)) + " |", soft_wrap=True)
     _write(settings, runs, name)
     plot(runs, settings["partitions"], RESULTS / f"{name}.png", target)
     console.print(f"wrote {RESULTS / name}.json and .png")
@@ -202,7 +215,11 @@ def _baseline(runs: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, An
     )
 
 
-def add_ratios(runs: list[dict[str, Any]]) -> None:
+def add_ratios(runs: list[dict[str, Any]], target: float) -> None:
+    for entry in runs:  # to target: from the metrics, so that a combine can set another
+        reached = first_reaching(entry["metrics"], target)
+        entry["rounds_to_target"] = reached["round"] if reached else None
+        entry["bytes_to_target"] = reached["bytes_sent"] if reached else None
     for entry in runs:
         plain = _baseline(runs, entry)
         entry["accuracy_change_points"] = 100 * (entry["final_accuracy"] - plain["final_accuracy"])
