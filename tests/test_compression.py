@@ -334,6 +334,8 @@ def test_references_are_bounded_per_link() -> None:
         wire = decode_message(encode(sender.outgoing("r", ModelMessage(0, PARAMS))), SPEC)
         receiver.incoming(name, wire)
     assert list(receiver.held) == ["c", "d", "e"]
+    by_bytes = ModelLink(compression, SPEC, np.random.default_rng(0), max_bytes=2 * 4 * 2050)
+    assert by_bytes.max_peers == 2  # two references of 2,050 float32 entries
 
 
 def test_none_sends_messages_unchanged() -> None:

@@ -25,9 +25,9 @@ in flight until the NACK arrives (each dropped, as a lost message would be) and 
 model, and a receiver is never silently wrong. The scheme needs no clock and no extra
 message while nothing is lost.
 
-Bounds (threat model): each side keeps at most ``max_peers`` references (least recently
-used dropped first; a dropped one only costs a full model), so identities cannot fill
-memory beyond that.
+Bounds (threat model): each side keeps at most ``max_peers`` references, and no more than
+``max_bytes`` of them (least recently used dropped first; a dropped one only costs a full
+model), so identities cannot fill memory beyond that.
 """
 
 from __future__ import annotations
@@ -50,14 +50,16 @@ from gossiplearn.protocols.compressed_messages import (
     ReferenceMissing,
     float_tensors,
     rebuild,
+    vector_size,
 )
 from gossiplearn.protocols.compression import Compression, decode_vector, encode_vector
 from gossiplearn.protocols.messages import Message, ModelSpec
 from gossiplearn.types import PeerId
 
 Vector = npt.NDArray[np.float32]
-#: References a link keeps per direction by default.
+#: References a link keeps per direction by default, in number and in bytes.
 DEFAULT_MAX_PEERS = 1024
+DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -84,12 +86,15 @@ class ModelLink:
         rng: np.random.Generator,
         *,
         max_peers: int = DEFAULT_MAX_PEERS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.compression = compression
         self.spec = spec
         self.rng = rng
-        self.max_peers = max_peers
         self._floats = float_tensors(spec)
+        per_reference = 4 * max(1, vector_size(spec))
+        #: References kept per direction: a count, and within ``max_bytes`` for big models.
+        self.max_peers = max(1, min(max_peers, max_bytes // per_reference))
         #: (sending identity, receiver) -> the reference the receiver holds if all arrived.
         self.sent: OrderedDict[Hashable, _Reference] = OrderedDict()
         #: sender -> the reference rebuilt from its last message.
