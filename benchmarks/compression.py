@@ -71,7 +71,9 @@ def main() -> int:
     if args.combine:
         parts = [json.loads(path.read_text()) for path in args.combine]
         settings = parts[0]["settings"] | {
-            "partitions": [p for part in parts for p in part["settings"]["partitions"]]
+            "partitions": list(
+                dict.fromkeys(p for part in parts for p in part["settings"]["partitions"])
+            )
         }
         if args.target:
             settings["target"] = args.target
