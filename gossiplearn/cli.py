@@ -138,6 +138,12 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
         "peer, none for launch)",
     )
     add("--max-message-mb", type=float, help="largest model message accepted (default 64)")
+    add(
+        "--compression",
+        metavar="SPEC",
+        help="how models travel: none (default), float16, bfloat16, int8, topk:F, random:F, "
+        "or a chain with + such as topk:0.1+int8, optionally ending in zlib",
+    )
     add("--threads", type=int, help="torch CPU threads per process (default 1)")
 
 

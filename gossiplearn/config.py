@@ -34,6 +34,7 @@ from gossiplearn.learning.datasets import check_dataset_name
 from gossiplearn.learning.models import check_model_name
 from gossiplearn.learning.partition import parse_partition
 from gossiplearn.protocols.bristle import BristleConfig
+from gossiplearn.protocols.compression import Compression, SpecError, parse_compression
 from gossiplearn.protocols.gossip import GossipConfig
 from gossiplearn.protocols.modest import ModestConfig
 from gossiplearn.protocols.sybilwall import SybilWallConfig
@@ -113,6 +114,9 @@ class LearningConfig(BaseModel):
     #: bounding traffic); the simulator's rounds take their modelled compute time.
     min_round_seconds: float | None = Field(None, gt=0)
     max_message_mb: float = Field(64.0, gt=0)
+    #: How models travel: none, or a chain such as topk:0.1+int8 (gossiplearn.protocols.
+    #: compression), with error feedback against per-pair references.
+    compression: str = "none"
     seed: int = 0
 
     @model_validator(mode="before")
@@ -146,6 +150,27 @@ class LearningConfig(BaseModel):
     def core_protocol(self) -> str:
         """The name this config's cores are built under (gossiplearn.protocols.registry)."""
         return self.core_aggregator or str(getattr(self, "protocol", "gossip"))
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, value: str) -> str:
+        try:
+            return str(parse_compression(value))
+        except SpecError as error:
+            raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _compression_fits(self) -> LearningConfig:
+        if self.compression != "none" and self.core_aggregator == "sybilwall":
+            raise ValueError(
+                f"compression {self.compression!r}: sybilwall relays signed models, which must "
+                "arrive exact; use compression none with sybilwall"
+            )
+        return self
+
+    @property
+    def compression_spec(self) -> Compression:
+        return parse_compression(self.compression)
 
     @field_validator("aggregator")
     @classmethod
@@ -375,6 +400,11 @@ class RunConfig(LearningConfig):
                     f"aggregator {self.aggregator!r} pushes to all neighbours and waits for "
                     "one model from each: drop push and buffer_size"
                 )
+        if self.compression != "none" and self.sybils > 1:
+            raise ValueError(
+                f"compression {self.compression!r}: Sybil identities (sybils > 1) send over "
+                "one attacker's references, which is not supported; use compression none"
+            )
         self._check_attack()
         self._check_timeline()
         try:

@@ -236,3 +236,52 @@ def test_a_protocol_that_cannot_be_used_so_exits_2_naming_the_flag(
 ) -> None:
     assert main([*args, "--out", str(tmp_path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["simulate", "launch", "peer", "sweep"])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("gzip", "unknown stage 'gzip'; expected none, or a chain"),
+        ("topk:0", "the fraction in 'topk:0' must be in (0, 1]"),
+        ("random:2", "the fraction in 'random:2' must be in (0, 1]"),
+        ("int8+topk:0.1", "'topk:0.1' cannot come after 'int8'; the order is sparsifier"),
+        ("zlib+int8", "'int8' cannot come after 'zlib'"),
+    ],
+)
+def test_a_bad_compression_spec_exits_2_naming_it_and_what_is_allowed(
+    command: str, spec: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = (
+        ["--vary", f"compression=int8,{spec}"] if command == "sweep" else ["--compression", spec]
+    )
+    assert main([command, *given, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "compression" in err and repr(spec) in err and expected in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--protocol", "sybilwall"],
+        ["peer", "--aggregator", "sybilwall"],
+        ["simulate", "--attack", "sign-flip", "--attackers", "1", "--sybils", "3"],
+    ],
+)
+def test_compression_where_it_cannot_work_exits_2_naming_the_flag(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*args, "--compression", "int8", "--out", str(tmp_path)]) == 2
+    assert "compression 'int8'" in capsys.readouterr().err
+
+
+def test_simulate_counts_compressed_bytes(tmp_path: Path) -> None:
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    assert main(["simulate", *FAST, "--out", str(plain)]) == 0
+    args = ["--compression", "topk:0.1+int8", "--engine", "batched"]
+    assert main(["simulate", *FAST, *args, "--out", str(packed)]) == 0
+    summary = json.loads((packed / "summary.json").read_text())
+    assert summary["config"]["compression"] == "topk:0.1+int8"
+    assert summary["config"]["engine"] == "sequential"  # batched falls back, saying so
+    full = json.loads((plain / "summary.json").read_text())["bytes_sent"]
+    assert summary["bytes_sent"] < full / 4

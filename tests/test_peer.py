@@ -450,3 +450,27 @@ async def test_an_embedded_peer_trains_with_the_applications_own_loss() -> None:
         await peer.finished()
     assert len(calls) == 5 * 13  # 13 batches of 32 per epoch, one epoch per round
     assert (peer.status().accuracy or 0) > 0.8
+
+
+async def test_peers_learn_with_compressed_models() -> None:
+    """topk:0.1+int8: each model after the first is a tenth of the entries, int8, relative
+    to the reference both sides hold; the peers learn as uncompressed ones do."""
+    network = InMemoryNetwork()
+    settings: dict[str, Any] = dict(compression="topk:0.1+int8", rounds=15)
+    a = make_peer(network, "a", 0, 3, **settings)
+    b = make_peer(network, "b", 1, 3, bootstrap=("a",), **settings)
+    c = make_peer(network, "c", 2, 3, bootstrap=("a",), **settings)
+    plain = len(encode(ModelMessage(1, a.learner.params(), 100)))
+    first: dict[str, float] = {}
+    for peer in (a, b, c):
+        peer.on("round", lambda info, me=peer.peer_id: first.setdefault(me, info["accuracy"]))
+    async with asyncio.timeout(90), a, b, c:
+        await asyncio.gather(*(peer.finished() for peer in (a, b, c)))
+        statuses = [peer.status() for peer in (a, b, c)]
+    for peer, status in zip((a, b, c), statuses, strict=True):
+        assert status.accuracy is not None and status.accuracy > 0.8, status
+        assert status.accuracy > first[peer.peer_id]
+        assert len(peer.link.held) == 2  # it rebuilt models from both others
+        assert peer.link.fulls <= 4  # one full model per receiver, a restart or two at most
+        sent = peer.traffic["messages_out"]
+        assert sent >= 20 and status.bytes_out / sent < plain / 3

@@ -66,3 +66,31 @@ def test_fedavg_is_refused_on_real_peers(tmp_path: Path) -> None:
     path = tmp_path / "scenario.json"
     path.write_text(json.dumps(SCENARIO | {"protocol": "fedavg"}))
     assert main(["peer", "--scenario", str(path), "--index", "0"]) == 2
+
+
+@pytest.mark.parametrize("protocol", sorted(set(BUILDERS) - {"sybilwall"}))
+async def test_each_protocol_learns_with_compressed_models(protocol: str, tmp_path: Path) -> None:
+    """The scenario's compression reaches every role; what each peer rebuilds it learns from."""
+    path = tmp_path / "scenario.json"
+    model = "mlp" if protocol == "bristle" else "logreg"
+    settings = {"protocol": protocol, "model": model, "compression": "topk:0.3+int8"}
+    path.write_text(json.dumps(SCENARIO | settings))
+    peers = roles(path, InMemoryNetwork())
+    async with asyncio.timeout(120), peers[0], peers[1], peers[2]:
+        finished = [asyncio.ensure_future(peer.finished()) for peer in peers]
+        await asyncio.wait(finished, return_when=asyncio.FIRST_COMPLETED)
+        if protocol != "modest":
+            await asyncio.gather(*finished)
+        for waiting in finished:
+            waiting.cancel()
+    assert all(peer.config.compression == "topk:0.3+int8" for peer in peers)
+    assert any(peer.link.held for peer in peers)  # compressed models arrived and were rebuilt
+    accuracies = [peer.status().accuracy or 0.0 for peer in peers]
+    judged = max(accuracies) if protocol == "modest" else min(accuracies)
+    assert judged > 0.5, accuracies
+
+
+def test_compression_is_refused_with_sybilwall(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(SCENARIO | {"protocol": "sybilwall", "compression": "int8"}))
+    assert main(["peer", "--scenario", str(path), "--index", "0"]) == 2

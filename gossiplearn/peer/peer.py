@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -61,6 +62,7 @@ from gossiplearn.peer.reachability import Reachability
 from gossiplearn.peer.sybils import SybilIdentities, any_port
 from gossiplearn.protocols.bounds import ModelBounds
 from gossiplearn.protocols.codec import decode_message, encode
+from gossiplearn.protocols.compressed_messages import CompressedModel, ReferenceMissing
 from gossiplearn.protocols.events import (
     AnyCore,
     AnyEffect,
@@ -82,6 +84,7 @@ from gossiplearn.protocols.events import (
     TrainingDone,
     speaks_any_message,
 )
+from gossiplearn.protocols.feedback import ModelLink
 from gossiplearn.protocols.gossip import GossipCore
 from gossiplearn.protocols.messages import Message, ModelMessage, spec_of
 from gossiplearn.protocols.model_spec import decode_spec
@@ -251,6 +254,12 @@ class Peer:
         #: Peers running another architecture: told when connecting, never merged with.
         self.architecture = ArchitectureCheck(self.spec)
         self._core_rng = np.random.default_rng(seeds[1])
+        #: Compressed model transfer. It always decodes what others compress; it
+        #: compresses what it sends with ``config.compression``. Its stream ids come from
+        #: fresh entropy, so a restarted peer never continues a stream of its earlier self.
+        self.link = ModelLink(
+            self.config.compression_spec, self.spec, np.random.default_rng(secrets.randbits(128))
+        )
         self.core: Core | AnyCore | None = None
         self.book: AddressBook | None = None
         self.neighbours: list[str] = []
@@ -632,18 +641,20 @@ class Peer:
         if self.reach.skip(peer, self.clock.time()):
             self.skipped_sends += 1  # it would only wait for a timeout: its probe retries
             return
-        payload = await self.clock.run_blocking(encode, self._stamped(message))
+        payload = await self.clock.run_blocking(self._encode_for, peer, message)
         started = self.clock.time()
         try:
             async with asyncio.timeout(self.config.send_timeout):
                 await self.transport.send(peer, MODEL_PROTOCOL, payload)
         except ReceiverBusy as error:  # alive but over its limits: skip this message only
             log.info("%s refused %s: %s", peer, type(message).__name__, error)
+            self.link.forget(peer)  # it did not take it: the next model starts afresh
             return
         except ProtocolNotSpoken:  # reachable, but no peer to learn with (a relay node)
             self._not_a_learner(peer)
             return
         except (TransportError, TimeoutError) as error:
+            self.link.forget(peer)
             self._unreachable(peer, f"sending {type(message).__name__}", error)
             return
         self._reachable(peer)
@@ -651,6 +662,10 @@ class Peer:
         self.traffic["messages_out"] += 1
         seconds = self.clock.time() - started
         self._emit("sent", {"peer": peer, "bytes": len(payload), "seconds": seconds})
+
+    def _encode_for(self, peer: str, message: Message) -> bytes:
+        """The bytes of ``message`` for ``peer``: stamped, then compressed for it."""
+        return encode(self.link.outgoing(peer, self._stamped(message)))
 
     def _stamped(self, message: Message) -> Message:
         return self.bristle.stamp(message) if self.bristle is not None else message
@@ -781,6 +796,14 @@ class Peer:
         try:
             decode = functools.partial(decode_message, max_bytes=limit)
             message = await self.clock.run_blocking(decode, payload, self.spec)
+            if isinstance(message, CompressedModel | ReferenceMissing):
+                rebuilt, reply = await self.clock.run_blocking(self.link.incoming, sender, message)
+                if reply is not None:  # not the sender's fault: no strike, just a full model
+                    self.rejected["ReferenceMissing"] += 1
+                    self._spawn(self._send(sender, reply))
+                if rebuilt is None:
+                    return
+                message = rebuilt
             if self.bristle is not None:  # only heads on this peer's extractor
                 message = self.bristle.check(sender, message)
             if not isinstance(message, ModelMessage) and not (

@@ -18,7 +18,9 @@ history records) are msgpack maps with the same ``type`` and ``version`` keys. E
 registers how its fields go on the wire with :func:`register_wire_type`; :func:`encode`
 dispatches on the message class and :func:`decode_message` on the type id, with the same
 limits and the same promise (only ``WireError`` escapes). :func:`decode` stays the
-model-only entry point.
+model-only entry point. Compressed models (``--compression``) are such a registered type,
+:mod:`~gossiplearn.protocols.compressed_messages`; with compression ``none`` nothing here
+changes.
 """
 
 from __future__ import annotations
@@ -70,22 +72,23 @@ _MAX_LISTED = 5
 def encode(message: Message) -> bytes:
     """Serialise ``message``; raises ``ValueError`` for a tensor dtype that cannot be sent
     or a message class that was never registered (see :func:`register_wire_type`)."""
+    return msgpack.packb(message_fields(message), use_bin_type=True)
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """The msgpack map :func:`encode` packs for ``message`` (tensors as memoryviews)."""
     if isinstance(message, ModelMessage):
-        return msgpack.packb(
-            {
-                "type": message.TYPE_ID,
-                "version": message.VERSION,
-                "round": int(message.round),
-                "samples": int(message.samples),
-                "tensors": tensors_to_wire(message.params),
-            },
-            use_bin_type=True,
-        )
+        return {
+            "type": message.TYPE_ID,
+            "version": message.VERSION,
+            "round": int(message.round),
+            "samples": int(message.samples),
+            "tensors": tensors_to_wire(message.params),
+        }
     wire = _WIRE_CLASSES.get(type(message))
     if wire is None:
         raise ValueError(f"{type(message).__name__} is not a registered wire message type")
-    fields = {"type": message.TYPE_ID, "version": message.VERSION, **wire.to_fields(message)}
-    return msgpack.packb(fields, use_bin_type=True)
+    return {"type": message.TYPE_ID, "version": message.VERSION, **wire.to_fields(message)}
 
 
 def encoded_model_size(round: int, samples: int, spec: ModelSpec) -> int:
@@ -153,6 +156,7 @@ _BUILTIN_WIRE_MODULES = (
     "gossiplearn.protocols.modest_messages",
     "gossiplearn.protocols.sybilwall_messages",
     "gossiplearn.protocols.bristle_messages",
+    "gossiplearn.protocols.compressed_messages",
 )
 
 
@@ -189,36 +193,51 @@ def decode_message(
     :class:`NonFiniteModel` -- and nothing else -- for any input bytes.
     """
     _check_size(data, max_bytes)
-    _load_builtin_wire_types()
     try:
-        obj = _unpack(data, max_bytes)
-        type_id = _non_negative_int(obj.get("type"), "type id")
-        if type_id in MESSAGE_TYPES:
-            return _model_message(_model_fields(obj), spec)
-        wire = _WIRE_TYPES.get(type_id)
-        if wire is None:
-            known = ", ".join(str(t) for t in sorted({*MESSAGE_TYPES, *_WIRE_TYPES}))
-            raise MalformedMessage(f"unknown message type id {type_id} (known: {known})")
-        version = _non_negative_int(obj.get("version"), "version")
-        if version != wire.cls.VERSION:
-            raise MalformedMessage(
-                f"unsupported {wire.cls.__name__} version {version} "
-                f"(this peer speaks {wire.cls.VERSION})"
-            )
-        expected = wire.keys | {"type", "version"}
-        if obj.keys() != expected:
-            raise MalformedMessage(
-                f"{wire.cls.__name__} keys are {_listing(sorted(map(str, obj)))}, "
-                f"expected {_listing(sorted(expected))}"
-            )
-        message: Message = wire.from_fields(obj, spec)
-        return message
+        return message_from_fields(_unpack(data, max_bytes), spec)
     except WireError:
         raise
     except Exception as exc:  # a bug, not the peer's fault -- but still never crash the peer
         raise MalformedMessage(
             f"could not decode message ({type(exc).__name__}: {exc!s:.200})"
         ) from exc
+
+
+def message_from_fields(
+    obj: dict[str, Any], spec: ModelSpec, *, allowed: frozenset[int] | None = None
+) -> Message:
+    """The message an unpacked msgpack map stands for, checked as :func:`decode_message`
+    checks it; ``allowed`` limits the type ids taken. Raises WireError subclasses (and, for
+    a bug, anything: :func:`decode_message` turns that into MalformedMessage)."""
+    _load_builtin_wire_types()
+    type_id = _non_negative_int(obj.get("type"), "type id")
+    if allowed is not None and type_id not in allowed:
+        raise MalformedMessage(f"message type id {type_id} not allowed here")
+    if type_id in MESSAGE_TYPES:
+        return _model_message(_model_fields(obj), spec)
+    wire = _WIRE_TYPES.get(type_id)
+    if wire is None:
+        known = ", ".join(str(t) for t in sorted({*MESSAGE_TYPES, *_WIRE_TYPES}))
+        raise MalformedMessage(f"unknown message type id {type_id} (known: {known})")
+    version = _non_negative_int(obj.get("version"), "version")
+    if version != wire.cls.VERSION:
+        raise MalformedMessage(
+            f"unsupported {wire.cls.__name__} version {version} "
+            f"(this peer speaks {wire.cls.VERSION})"
+        )
+    expected = wire.keys | {"type", "version"}
+    if obj.keys() != expected:
+        raise MalformedMessage(
+            f"{wire.cls.__name__} keys are {_listing(sorted(map(str, obj)))}, "
+            f"expected {_listing(sorted(expected))}"
+        )
+    message: Message = wire.from_fields(obj, spec)
+    return message
+
+
+def unpack_map(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """Unpack a msgpack map with every length bounded; MalformedMessage otherwise."""
+    return _unpack(data, max_bytes)
 
 
 def _check_size(data: bytes, max_bytes: int) -> None:

@@ -8,6 +8,7 @@ the run get their data shard and streams at the start, after the initial peers'.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -44,8 +45,9 @@ from gossiplearn.plan import Streams
 from gossiplearn.protocols.dpsgd import metropolis_hastings_weights
 from gossiplearn.protocols.events import AnyCore, Core
 from gossiplearn.protocols.fedavg import SERVER, FedAvgClient, FedAvgConfig, FedAvgServer
+from gossiplearn.protocols.feedback import ModelLink
 from gossiplearn.protocols.gossip import GossipCore, Merge
-from gossiplearn.protocols.messages import spec_of
+from gossiplearn.protocols.messages import ModelSpec, spec_of
 from gossiplearn.protocols.modest import SharesView, View
 from gossiplearn.protocols.modest_messages import Activity
 from gossiplearn.protocols.registry import CoreSpec, build_core
@@ -333,7 +335,26 @@ def _batched_unproven(config: RunConfig) -> str | None:
         return f"protocol {config.core_protocol} runs sequentially"
     if config.attack is not None:
         return "runs with attacks run sequentially"
+    if config.compression_spec.enabled:
+        return "compressed runs run sequentially"
     return None
+
+
+def _link_factory(config: RunConfig, spec: ModelSpec) -> Callable[[PeerId], ModelLink]:
+    """Each link (each peer, each incarnation) draws stream ids and random sparsification
+    from its own generator, derived from the seed in the order links are made."""
+    made = itertools.count()
+    compression = config.compression_spec
+
+    def link(peer: PeerId) -> ModelLink:
+        rng = np.random.default_rng([config.seed, _LINK_STREAM, next(made)])
+        return ModelLink(compression, spec, rng)
+
+    return link
+
+
+#: Separates the links' generators from the run's other seeded streams.
+_LINK_STREAM = 0x11C0
 
 
 def _check_fits(peers: int, data: Dataset) -> None:
@@ -351,6 +372,13 @@ def simulate(
     """Run one simulation to completion and return its summary and metrics lines."""
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
+    if config.engine == "batched" and config.compression_spec.enabled:
+        logging.getLogger("gossiplearn.simulate").warning(
+            "--engine batched defers training that compression has to read at once: "
+            "running the sequential engine (same models) with --compression %s",
+            config.compression,
+        )
+        config = config.model_copy(update={"engine": "sequential"})
     total = config.peers + config.joining_peers()
     # Cheapest checks first: the data decides how many peers can have a shard, before
     # anything is sized by the number of peers.
@@ -403,6 +431,8 @@ def simulate(
         on_round=recorder.on_round,
         loss_rng=streams.loss,
     )
+    if config.compression_spec.enabled:
+        simulator.link_factory = _link_factory(config, simulator.spec)
     poisoned = {a: (learners[a].x, learners[a].y) for a in clean}
 
     def switch_attack(on: bool) -> None:

@@ -8,7 +8,10 @@ asked for and its result is delivered after the simulated compute time.
 Peers may crash, recover, leave or join while it runs, and the network may split into
 groups (see :mod:`gossiplearn.scenarios.timeline`): a crashed or departed peer processes
 nothing more, messages to it (or across groups, or lost with the network's ``loss``
-probability) are lost, and a recovered peer gets nothing its earlier self had pending. A core that
+probability) are lost, and a recovered peer gets nothing its earlier self had pending.
+With compression each peer has a :class:`~gossiplearn.protocols.feedback.ModelLink`: every
+send is compressed for its receiver, the bytes counted are the compressed bytes, and a
+receiver's ReferenceMissing answer travels back like any message. A core that
 speaks more than model messages (``accepts_any_message``) gets every decoded message; any
 other core gets model messages only, and other types are counted as rejected.
 """
@@ -48,6 +51,7 @@ from gossiplearn.protocols.events import (
     TrainingDone,
     speaks_any_message,
 )
+from gossiplearn.protocols.feedback import ModelLink
 from gossiplearn.protocols.messages import Message, ModelMessage, ModelSpec
 from gossiplearn.scenarios.network import NetworkModel
 from gossiplearn.types import Params, PeerId
@@ -107,6 +111,9 @@ class SimPeer:
     finished: bool = False
     #: Bumped when the peer recovers: events for an earlier incarnation are dropped.
     incarnation: int = 0
+    #: Compressed model transfer (None: models travel as they are). A recovering peer gets
+    #: a new one: like a restarted process, it holds no references.
+    link: ModelLink | None = None
 
 
 @dataclass
@@ -154,10 +161,15 @@ class Simulator:
         #: joins at).
         self.on_gone: Callable[[PeerId], None] | None = None
         self.on_joined: Callable[[PeerId, int], None] | None = None
+        #: Makes each peer's (each incarnation's) compressed link; None: no compression.
+        self.link_factory: Callable[[PeerId], ModelLink] | None = None
+
+    def _link(self, peer: PeerId) -> ModelLink | None:
+        return None if self.link_factory is None else self.link_factory(peer)
 
     def add_peer(self, peer: PeerId, core: Core | AnyCore, *, trains: bool = True) -> None:
         """Add a peer; ``trains`` peers have a training slot in the pool under the same id."""
-        self.peers[peer] = SimPeer(core, trains)
+        self.peers[peer] = SimPeer(core, trains, link=self._link(peer))
         self.network.add_peer(peer)
 
     def schedule(self, time: float, peer: PeerId, event: Event | _Internal) -> None:
@@ -214,7 +226,9 @@ class Simulator:
         """Start a new (or recovering) peer now and tell ``introduce`` about it."""
         if peer in self.peers:  # recovering: a new incarnation of a crashed peer
             old = self.peers[peer]
-            self.peers[peer] = SimPeer(core, old.trains, incarnation=old.incarnation + 1)
+            self.peers[peer] = SimPeer(
+                core, old.trains, incarnation=old.incarnation + 1, link=self._link(peer)
+            )
         else:
             self.add_peer(peer, core)
         self.schedule(self.now, peer, Start())
@@ -253,14 +267,24 @@ class Simulator:
         try:
             payload = delivery.payload
             data = payload if isinstance(payload, bytes) else payload.payload()
-            message: Message = decode_message(data, self.spec, max_bytes=self.max_message_bytes)
+            decoded = decode_message(data, self.spec, max_bytes=self.max_message_bytes)
+            message, reply = (
+                (decoded, None)
+                if peer.link is None
+                else peer.link.incoming(delivery.sender, decoded)
+            )
         except WireError as error:
             self.stats.messages_rejected[type(error).__name__] += 1
             return None
+        answer: list[Effect | AnyEffect] = [] if reply is None else [Send(delivery.sender, reply)]
+        if message is None:
+            if reply is not None:
+                self.stats.messages_rejected["ReferenceMissing"] += 1
+            return answer
         if isinstance(message, ModelMessage):
-            return peer.core.handle(self.now, MessageReceived(delivery.sender, message))
+            return [*answer, *peer.core.handle(self.now, MessageReceived(delivery.sender, message))]
         if speaks_any_message(peer.core):
-            return peer.core.handle(self.now, MessageReceived(delivery.sender, message))
+            return [*answer, *peer.core.handle(self.now, MessageReceived(delivery.sender, message))]
         self.stats.messages_rejected["UnexpectedMessage"] += 1
         return None
 
@@ -270,9 +294,14 @@ class Simulator:
         for effect in effects:
             match effect:
                 case Send(to=to, message=message, via=via):
-                    if id(message) not in encoded:
-                        encoded[id(message)] = _encoding(message)
-                    payload, size = encoded[id(message)]
+                    payload: bytes | _LateEncoding
+                    if peer.link is not None:  # compressed for this receiver: its own bytes
+                        payload = encode(peer.link.outgoing(to, message, via))
+                        size = len(payload)
+                    else:
+                        if id(message) not in encoded:
+                            encoded[id(message)] = _encoding(message)
+                        payload, size = encoded[id(message)]
                     self.stats.bytes_sent += size
                     self.stats.messages_sent += 1
                     sender = peer_id if via is None else via
