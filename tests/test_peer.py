@@ -456,7 +456,7 @@ async def test_peers_learn_with_compressed_models() -> None:
     """topk:0.1+int8: each model after the first is a tenth of the entries, int8, relative
     to the reference both sides hold; the peers learn as uncompressed ones do."""
     network = InMemoryNetwork()
-    settings: dict[str, Any] = dict(compression="topk:0.1+int8", rounds=15)
+    settings: dict[str, Any] = dict(compression="topk:0.1+int8", rounds=20)
     a = make_peer(network, "a", 0, 3, **settings)
     b = make_peer(network, "b", 1, 3, bootstrap=("a",), **settings)
     c = make_peer(network, "c", 2, 3, bootstrap=("a",), **settings)
