@@ -128,3 +128,18 @@ def test_a_flood_of_fresh_keys_cannot_grow_what_a_peer_remembers() -> None:
         check.heard(f"k{i}", _spec("logreg"))
     assert len(check.incompatible) == MAX_REMEMBERED
     assert "k0" not in check.incompatible and check.refuses(f"k{MAX_REMEMBERED + 49}")
+
+
+def test_a_peer_flipping_its_spec_back_and_forth_cannot_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gossiplearn.peer.architecture import ArchitectureCheck
+
+    check = ArchitectureCheck(_spec("mlp"))
+    with caplog.at_level(logging.DEBUG, logger="gossiplearn"):
+        for _ in range(50):
+            check.heard("flipper", _spec("logreg"))
+            check.heard("flipper", _spec("mlp"))
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2  # one of each kind
+    assert not check.refuses("flipper")  # it told a matching spec last

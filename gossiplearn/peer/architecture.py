@@ -34,6 +34,9 @@ class ArchitectureCheck:
         #: Peers with another architecture -> what differs.
         self.incompatible: OrderedDict[str, str] = OrderedDict()
         self._told: OrderedDict[str, None] = OrderedDict()
+        #: Peers whose change of model was said once: a peer that flips its spec back and
+        #: forth gets one warning of each kind, then debug lines (no log flood).
+        self._said: OrderedDict[str, set[str]] = OrderedDict()
 
     def to_tell(self, peer: str) -> bool:
         """Whether ``peer`` has not been told our spec yet (and is now counted as told)."""
@@ -47,7 +50,12 @@ class ArchitectureCheck:
         difference = first_difference(self.spec, theirs)
         if difference is None:
             if self.incompatible.pop(peer, None) is not None:
-                log.warning("%s now runs the same model as this peer: merging with it again", peer)
+                self._say(
+                    peer,
+                    "back",
+                    "%s now runs the same model as this peer: merging with it again",
+                    peer,
+                )
             return False
         return self.mismatch(peer, difference)
 
@@ -56,13 +64,21 @@ class ArchitectureCheck:
         if peer in self.incompatible:
             return False
         _remember(self.incompatible, peer, difference)
-        log.warning(
+        self._say(
+            peer,
+            "other",
             "%s runs another model (%s): not merging with it; every peer of a network needs "
             "the same --model and --dataset",
             peer,
             difference,
         )
         return True
+
+    def _say(self, peer: str, kind: str, *line: object) -> None:
+        said = self._said.get(peer, set())
+        level = logging.DEBUG if kind in said else logging.WARNING
+        log.log(level, *line)
+        _remember(self._said, peer, said | {kind})
 
     def refuses(self, peer: str) -> bool:
         return peer in self.incompatible
