@@ -312,12 +312,12 @@ def _runnable_engine(config: RunConfig, learner: Learner) -> RunConfig:
     if config.engine == "sequential":
         return config
     log = logging.getLogger(__name__)
-    problem = batched_problem(learner)
-    if config.engine == "auto":
-        problem = problem or _batched_unproven(config)
+    if config.engine == "auto":  # the cheap check first: the probe trains a step
+        problem = _batched_unproven(config) or batched_problem(learner)
         engine = "sequential" if problem else "batched"
         log.info("engine auto: %s%s", engine, f" ({problem})" if problem else "")
         return config.model_copy(update={"engine": engine})
+    problem = batched_problem(learner)
     if problem is None:
         return config
     log.warning(
