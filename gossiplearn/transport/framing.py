@@ -10,10 +10,12 @@ How it works: a frame is a 48-byte header followed by ``length`` payload bytes::
 
 :class:`FrameReader` turns arbitrary chunks of a byte stream back into payloads.
 Invariants: the size limit is checked on the header, before any payload buffer is
-allocated; the payload buffer grows only as bytes arrive (a header is a claim, not a
-reservation: announcing 64 MiB and sending one byte holds one byte), each growth taken
+allocated; the payload is held as the pieces that arrived (a header is a claim, not a
+reservation: announcing 64 MiB and sending one byte holds one byte), each piece taken
 from an optional shared :class:`Budget` first and given back when the frame ends, however
-it ends; the digest is updated chunk by chunk and checked when the last byte arrives;
+it ends; the digest is updated chunk by chunk and checked when the last byte arrives,
+and only then are the pieces joined, in one copy (immutable ``bytes`` chunks are held as
+views, never copied on arrival; mutable ones are copied, since their owner may reuse them);
 after any :class:`FrameError` the reader is poisoned and raises again, since the stream
 position is no longer trustworthy.
 
@@ -192,7 +194,8 @@ class FrameReader:
         self.budget = budget
         self._header = bytearray()
         self._frame: FrameHeader | None = None
-        self._buffer: bytearray | None = None
+        self._pieces: list[bytes | memoryview] | None = None
+        self._filled = 0  # payload bytes of the current frame held in ``_pieces``
         self._held = 0  # bytes taken from the budget for the current frame
         self._hasher: hashlib.blake2b | None = None
         self._error: FrameError | None = None
@@ -220,10 +223,6 @@ class FrameReader:
         return HEADER_SIZE + self._filled
 
     @property
-    def _filled(self) -> int:
-        return 0 if self._buffer is None else len(self._buffer)
-
-    @property
     def wanted(self) -> int:
         """Bytes still needed to finish the current header or payload (> 0)."""
         if self._frame is None:
@@ -238,11 +237,15 @@ class FrameReader:
         self._release()
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
-        """Consume ``chunk``; return every payload it completes, in order."""
+        """Consume ``chunk``; return every payload it completes, in order.
+
+        A ``bytes`` chunk is kept by reference until its frame completes (no copy); a
+        ``bytearray`` or ``memoryview`` is copied, so its owner may reuse it at once.
+        """
         if self._error is not None:
             raise self._error
         try:
-            return self._feed(memoryview(chunk).cast("B"))
+            return self._feed(memoryview(chunk).cast("B"), isinstance(chunk, bytes))
         except FrameError as error:
             self._error = error
             self._release()
@@ -263,7 +266,7 @@ class FrameReader:
             self._release()
             raise self._error
 
-    def _feed(self, data: memoryview) -> list[bytes]:
+    def _feed(self, data: memoryview, immutable: bool) -> list[bytes]:
         done: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end or (self._frame is not None and self._frame.length == 0):
@@ -275,12 +278,13 @@ class FrameReader:
                     break
                 self._start(decode_header(self._header, self.max_frame_bytes))
                 continue
-            assert self._buffer is not None and self._hasher is not None
+            assert self._pieces is not None and self._hasher is not None
             take = min(self._frame.length - self._filled, end - pos)
             self._grow(take)
             piece = data[pos : pos + take]
-            self._buffer += piece
             self._hasher.update(piece)
+            self._pieces.append(piece if immutable else piece.tobytes())
+            self._filled += take
             pos += take
             if self._filled == self._frame.length:
                 done.append(self._finish())
@@ -290,7 +294,8 @@ class FrameReader:
         if self.admit is not None:
             self.admit(header.length)  # may raise FrameRefused: nothing buffered yet
         self._frame = header
-        self._buffer = bytearray()  # grows with what arrives, never with what is announced
+        self._pieces = []  # grows with what arrives, never with what is announced
+        self._filled = 0
         self._hasher = new_hasher()
 
     def _grow(self, amount: int) -> None:
@@ -306,10 +311,15 @@ class FrameReader:
         self._held += amount
 
     def _finish(self) -> bytes:
-        assert self._frame is not None and self._hasher is not None and self._buffer is not None
+        assert self._frame is not None and self._hasher is not None and self._pieces is not None
         if self._hasher.digest() != self._frame.digest:
             raise FrameError(f"frame digest mismatch on a {self._frame.length}-byte payload")
-        payload = bytes(self._buffer)
+        pieces = self._pieces
+        whole = pieces[0].obj if len(pieces) == 1 and isinstance(pieces[0], memoryview) else None
+        if isinstance(whole, bytes) and len(whole) == self._frame.length:
+            payload = whole  # the frame came in one chunk of exactly its payload
+        else:
+            payload = b"".join(pieces)
         self._release()
         return payload
 
@@ -319,7 +329,8 @@ class FrameReader:
         self._held = 0
         self._header = bytearray()
         self._frame = None
-        self._buffer = None
+        self._pieces = None
+        self._filled = 0
         self._hasher = None
 
 

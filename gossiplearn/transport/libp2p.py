@@ -37,6 +37,7 @@ import math
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,10 +54,14 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as NOISE_MAX_PLAINTEXT
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE as YAMUX_DEFAULT_WINDOW
+from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
+from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE as YAMUX_MAX_WINDOW
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from multiaddr import Multiaddr
 
 from gossiplearn.errors import ConfigError
@@ -68,6 +73,7 @@ from gossiplearn.transport.base import Handler, ProtocolNotSpoken, ReceiverBusy,
 from gossiplearn.transport.discovery import NetworkServices
 from gossiplearn.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
+    HEADER_SIZE,
     FrameError,
     FrameReader,
     FrameRefused,
@@ -105,8 +111,16 @@ DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 READ_CHUNK = 16 * 2**20
 #: Hash large payloads in pieces of this size, yielding to trio in between.
 _HASH_PIECE = 4 * 2**20
-#: Write payloads in pieces of this size; cancellation takes effect between pieces.
-_WRITE_PIECE = 1 * 2**20
+#: Payload bytes of one stream write: a yamux DATA frame of this payload and its 12-byte
+#: header is exactly one Noise transport message (65519 bytes of plaintext). Left to
+#: itself yamux cuts a write into frames of 65524 payload bytes, each of which Noise sends
+#: as two messages (65519 + 17 bytes): twice the encryptions, length prefixes and socket
+#: writes at the sender, and twice the messages to read and decrypt at the receiver.
+_FRAME_FIT = NOISE_MAX_PLAINTEXT - YAMUX_HEADER_SIZE
+#: Write payloads in pieces of this size (whole frames); cancellation lands between pieces.
+_WRITE_PIECE = 16 * _FRAME_FIT
+#: The pieces of the untuned channel (:data:`_UNTUNED`).
+_UNTUNED_PIECE = 1 * 2**20
 #: Extra seconds the asyncio side waits beyond a trio-side timeout before giving up.
 _GRACE = 5.0
 _START_TIMEOUT = 30.0
@@ -256,6 +270,25 @@ class _Inbound:
             self.scope.cancel()
 
 
+@dataclass(frozen=True)
+class _Channel:
+    """How a transport drives py-libp2p's streams. The defaults are the tuned channel;
+    :data:`_UNTUNED` is the channel as it was before (kept so that benchmarks can measure
+    both in one run; peers of either kind talk to each other, the wire is the same)."""
+
+    #: Write in yamux frames that fit one Noise message each, the frame header in the
+    #: first (else 1 MiB writes that yamux cuts into frames Noise splits in two).
+    fit_noise: bool = True
+    #: Inbound streams get a receive window the size of their admitted frame (at most
+    #: yamux's 16 MiB), credited back once half of it is read (else py-libp2p's own
+    #: tuning: a window update after every read, about one per 64 KB frame).
+    frame_window: bool = True
+
+
+_TUNED = _Channel()
+_UNTUNED = _Channel(fit_noise=False, frame_window=False)
+
+
 class _Call:
     """One asyncio -> trio call. Its fields are touched only in the trio thread."""
 
@@ -401,6 +434,8 @@ class Libp2pTransport:
         self._services: HostServices | None = None
         #: peer -> the address a dial of ours last reached it at (trio thread only).
         self._worked: dict[ID, Multiaddr] = {}
+        #: How streams are written and windowed (benchmarks set :data:`_UNTUNED`).
+        self._channel = _TUNED
 
     # ---- the Transport interface -------------------------------------------------------------
 
@@ -847,7 +882,9 @@ class Libp2pTransport:
                     await _await_inbound_connection(host, peer_id)
                     stream = await host.new_stream(peer_id, [TProtocol(protocol)])
                 try:
-                    status = await _exchange(stream, header, payload, self.read_timeout)
+                    status = await _exchange(
+                        stream, header, payload, self.read_timeout, self._channel.fit_noise
+                    )
                 except BaseException:
                     await _reset(stream)
                     raise
@@ -884,6 +921,8 @@ class Libp2pTransport:
 
     async def _serve_stream(self, protocol: str, stream: INetStream) -> None:
         sender = stream.muxed_conn.peer_id.to_base58()
+        if self._channel.frame_window:
+            _own_window(stream)
         if not self.limits.open_stream(sender):
             log.info("refused a %s stream from %s: too many at once", protocol, sender)
             await self._refuse(stream, Status.BUSY)
@@ -1021,6 +1060,8 @@ class Libp2pTransport:
             if payloads:
                 return payloads[0]
             progress.received = reader.received
+            if header is None and reader.header is not None:  # admitted: size its window
+                await _widen_window(stream, HEADER_SIZE + reader.header.length)
 
     async def _refuse(self, stream: INetStream, status: Status) -> None:
         """Answer ``status``, then discard what the sender still pushes until it stops
@@ -1130,6 +1171,50 @@ class _Yamux(Yamux):
                     return
 
 
+def _own_window(stream: INetStream) -> None:
+    """Make ``stream``'s yamux half a :class:`_YamuxStream` (an inbound stream, before any
+    read); other muxers and other libp2p versions keep their own window tuning."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if type(muxed) is YamuxStream and hasattr(muxed, "target_recv_window"):
+        muxed.__class__ = _YamuxStream
+
+
+async def _widen_window(stream: INetStream, size: int) -> None:
+    """Let the sender of an admitted frame of ``size`` bytes (header included) push all
+    of it (at most 16 MiB) without waiting for credit."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if not isinstance(muxed, _YamuxStream):
+        return
+    window = min(max(size, YAMUX_DEFAULT_WINDOW), YAMUX_MAX_WINDOW)
+    if window > muxed.target_recv_window:
+        muxed.target_recv_window = window
+        await muxed._auto_tune_and_send_window_update()
+
+
+class _YamuxStream(YamuxStream):
+    """An inbound py-libp2p 0.8.1 yamux stream whose receive window the reader sizes.
+
+    Upstream credits the sender with a WINDOW_UPDATE after every read (at full speed
+    about one per 64 KB frame, each an encrypted write here and a read there) and grows
+    the window by doubling it when updates come fast. Here the frame reader sets the
+    window once the frame's header is admitted (:func:`_widen_window`: the frame's size,
+    between yamux's 256 KiB and 16 MiB, the most upstream's own tuning reaches), and
+    credit goes back as go-yamux gives it: in one update once half the window was read.
+    A sender never has more than the window in flight, as before, and a stream that
+    waits for a reading slot is never widened. The frames on the wire are unchanged.
+    """
+
+    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            # read since the last credit (or what widening the window adds)
+            credit = self.target_recv_window - (self.recv_window + buffered)
+            if credit <= 0 or credit < self.target_recv_window // 2:
+                return
+            self.recv_window += credit
+        await self.send_window_update(credit)
+
+
 def check_announce(address: str) -> str:
     """``address`` if it is a multiaddr others can dial (``/ip4|ip6|dns*/HOST/tcp/PORT``,
     optionally ending in ``/p2p/<peer id>``); ConfigError naming ``--announce`` if not."""
@@ -1221,12 +1306,16 @@ async def _header(payload: bytes, max_frame_bytes: int) -> bytes:
     return pack_header(len(payload), hasher.digest())
 
 
-async def _exchange(stream: INetStream, header: bytes, payload: bytes, stall: float) -> Status:
+async def _exchange(
+    stream: INetStream, header: bytes, payload: bytes, stall: float, fit_noise: bool = True
+) -> Status:
     """Write one frame while reading the receiver's status; stop writing on a refusal.
 
     The payload goes out in pieces, each written under a cancel shield: yamux and noise
     writes are not cancel-safe (a write cut short leaves half a noise message on the
     connection and breaks every stream on it), so cancellation lands between pieces.
+    With ``fit_noise`` each write is one yamux frame that fits one Noise message
+    (:data:`_FRAME_FIT`), the header travelling in the first.
     """
     answer: list[Status] = []
 
@@ -1241,27 +1330,45 @@ async def _exchange(stream: INetStream, header: bytes, payload: bytes, stall: fl
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_status)
-        if len(payload) <= _WRITE_PIECE:
-            await _write_shielded(stream, header + payload, stall)
-        else:
-            await _write_shielded(stream, header, stall)
-            view = memoryview(payload)
+        if fit_noise:
+            first = _FRAME_FIT - len(header)  # the header shares the first frame
+            await _write_shielded(stream, header + payload[:first], stall)
+            view = memoryview(payload)[first:]
             for start in range(0, len(view), _WRITE_PIECE):
                 if answer:  # refused: stop sending
                     break
                 await trio.lowlevel.checkpoint_if_cancelled()  # cancellation lands here
-                await _write_shielded(stream, view[start : start + _WRITE_PIECE], stall)
+                piece = view[start : start + _WRITE_PIECE]
+                await _write_shielded(stream, piece, stall, _FRAME_FIT)
+        elif len(payload) <= _UNTUNED_PIECE:
+            await _write_shielded(stream, header + payload, stall)
+        else:
+            await _write_shielded(stream, header, stall)
+            view = memoryview(payload)
+            for start in range(0, len(view), _UNTUNED_PIECE):
+                if answer:  # refused: stop sending
+                    break
+                await trio.lowlevel.checkpoint_if_cancelled()  # cancellation lands here
+                await _write_shielded(stream, view[start : start + _UNTUNED_PIECE], stall)
     if not answer:
         raise TransportError("the receiver sent no answer")
     return answer[0]
 
 
-async def _write_shielded(stream: INetStream, data: bytes | memoryview, stall: float) -> None:
-    """Write ``data`` whole or fail after ``stall`` seconds; outside cancellation waits."""
+async def _write_shielded(
+    stream: INetStream, data: bytes | memoryview, stall: float, frame: int | None = None
+) -> None:
+    """Write ``data`` whole (in writes of at most ``frame`` bytes, if given) or fail
+    after ``stall`` seconds; outside cancellation waits."""
     with trio.CancelScope(shield=True):
         try:
             with trio.fail_after(stall):
-                await stream.write(data)  # type: ignore[arg-type]
+                if frame is None or len(data) <= frame:
+                    await stream.write(data)  # type: ignore[arg-type]
+                else:
+                    view = memoryview(data)
+                    for start in range(0, len(view), frame):
+                        await stream.write(view[start : start + frame])  # type: ignore[arg-type]
         except trio.TooSlowError:
             raise TransportError(f"a write stalled for {stall} s") from None
 
