@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -321,3 +322,28 @@ def test_inbound_limits_bound_all_peers_together() -> None:
     ):
         with pytest.raises(ConfigError):
             InboundLimits(**bad)
+
+
+def test_bytes_chunks_are_kept_without_copies_and_mutable_ones_are_copied() -> None:
+    payload = os.urandom(5000)
+    reader = FrameReader()
+    assert reader.feed(encode_header(payload)) == []
+    [whole] = reader.feed(payload)
+    assert whole is payload  # one chunk of exactly the payload: handed on as it is
+    reader = FrameReader()
+    buffer = bytearray(encode_frame(payload))
+    assert reader.feed(buffer[:2000]) == []
+    view = memoryview(buffer)[2000:4000]
+    assert reader.feed(view) == []
+    buffer[:4000] = bytes(4000)  # reused before the frame completes
+    assert reader.feed(bytes(encode_frame(payload)[4000:])) == [payload]
+
+
+def test_a_corrupt_frame_fed_in_views_of_one_chunk_fails_the_digest() -> None:
+    frame = bytearray(encode_frame(os.urandom(70_000)))
+    frame[-1] ^= 1
+    data = bytes(frame)
+    reader = FrameReader()
+    with pytest.raises(FrameError, match="digest"):
+        for start in range(0, len(data), 65_507):
+            reader.feed(data[start : start + 65_507])

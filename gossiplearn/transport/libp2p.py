@@ -50,6 +50,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
@@ -283,10 +284,14 @@ class _Channel:
     #: yamux's 16 MiB), credited back once half of it is read (else py-libp2p's own
     #: tuning: a window update after every read, about one per 64 KB frame).
     frame_window: bool = True
+    #: Read each connection's socket ahead, up to :data:`_READ_AHEAD` bytes at a time
+    #: (else two or more ``recv`` calls for each Noise message: its 2-byte length, then
+    #: its body).
+    read_ahead: bool = True
 
 
 _TUNED = _Channel()
-_UNTUNED = _Channel(fit_noise=False, frame_window=False)
+_UNTUNED = _Channel(fit_noise=False, frame_window=False, read_ahead=False)
 
 
 class _Call:
@@ -687,7 +692,7 @@ class Libp2pTransport:
             addrs_factory=self._addresses_to_tell,
         )
         _disable_auto_dial(host)
-        _use_fixed_yamux(host)
+        _use_fixed_yamux(host, read_ahead=self._channel.read_ahead)
         self._host = host
         for protocol in list(self._handlers):
             self._register_protocol(protocol)
@@ -1104,8 +1109,9 @@ def _tcp_addresses(addresses: list[str]) -> list[multiaddr.Multiaddr]:
 # ---- helpers (trio thread) -------------------------------------------------------------------
 
 
-def _use_fixed_yamux(host: IHost) -> None:
-    """Make every yamux connection of ``host`` a :class:`_Yamux`.
+def _use_fixed_yamux(host: IHost, read_ahead: bool = True) -> None:
+    """Make every yamux connection of ``host`` a :class:`_Yamux` and, with
+    ``read_ahead``, its TCP stream a :class:`_ReadAheadTCPStream`.
 
     ``MuxerMultistream.new_conn`` in 0.8.1 builds ``Yamux`` itself whatever class
     ``muxer_opt`` names, so the new connection's class is switched right after it is
@@ -1121,9 +1127,64 @@ def _use_fixed_yamux(host: IHost) -> None:
         muxed = await build(conn, peer_id)
         if type(muxed) is Yamux:
             muxed.__class__ = _Yamux
+        if read_ahead:
+            _read_ahead(conn)
         return muxed
 
     setattr(multistream, "new_conn", new_conn)  # noqa: B010 (this instance only)
+
+
+#: Bytes a connection's socket is read ahead (a few Noise messages).
+_READ_AHEAD = 256 * 2**10
+
+
+def _read_ahead(secured: Any) -> None:
+    """Switch the TCP stream under a Noise connection (0.8.1: ``SecureSession.conn``
+    -> ``NoisePacketReadWriter`` -> ``RawConnection.stream``) to a
+    :class:`_ReadAheadTCPStream`; anything else is left as it is."""
+    noise = getattr(secured, "conn", None)
+    packets = getattr(noise, "read_writer", None)
+    raw = getattr(packets, "read_write_closer", None)
+    tcp = getattr(raw, "stream", None)
+    if type(tcp) is TrioTCPStream:
+        tcp.__class__ = _ReadAheadTCPStream
+
+
+class _ReadAheadTCPStream(TrioTCPStream):
+    """A py-libp2p 0.8.1 TCP stream that reads its socket ahead.
+
+    Noise reads each message with two exact reads (its 2-byte length, then up to 65535
+    bytes of body), each a ``recv`` call and a trip through trio's scheduler. Here a
+    short read asks the socket for up to :data:`_READ_AHEAD` bytes and keeps the rest
+    for the next reads, which then need no system call. Bytes come out exactly as they
+    came in; only the connection's reading task reads, so nothing else sees the buffer.
+    A read from the buffer yields to trio as a socket read does (the tasks the last frame
+    woke run first), so the order in which streams see their data is unchanged.
+    """
+
+    _ahead: bytes = b""
+    _at: int = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._at < len(self._ahead) and n != 0:
+            # yield as a socket read does, so that the tasks this connection's last frame
+            # woke run before the next frame is handled (a reader must see the data a
+            # stream received before the reset that may follow it)
+            await trio.lowlevel.checkpoint()
+        ahead, at = self._ahead, self._at
+        if at < len(ahead) and n != 0:
+            end = len(ahead) if n is None else min(len(ahead), at + n)
+            self._at = end
+            if end == len(ahead):
+                self._ahead, self._at = b"", 0
+            return ahead[at:end]
+        if n is None or n <= 0 or n >= _READ_AHEAD:
+            return await super().read(n)
+        data = await super().read(_READ_AHEAD)
+        if len(data) > n:
+            self._ahead, self._at = data, n
+            return data[:n]
+        return data
 
 
 class _Yamux(Yamux):
