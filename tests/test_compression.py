@@ -356,3 +356,18 @@ def test_a_rebuilt_model_is_checked_by_its_own_decoder() -> None:
     decoded = decode_message(msgpack.packb(fields, use_bin_type=True), SPEC)
     with pytest.raises(WireError):
         receiver.incoming("s", decoded)
+
+
+@pytest.mark.parametrize("kept", [0, 1, 255, 256, 257, 100_003])
+def test_int8_decodes_exactly_as_minimum_plus_code_times_step(kept: int) -> None:
+    from gossiplearn.protocols.compression import INT8_BLOCK, _dequantise_int8
+
+    rng = np.random.default_rng(kept)
+    codes = rng.integers(0, 256, kept, dtype=np.uint8)
+    blocks = -(-kept // INT8_BLOCK)
+    pairs = np.stack([rng.normal(0, 1, blocks), rng.uniform(0, 0.01, blocks)], axis=1).astype("<f4")
+    block = np.arange(kept) // INT8_BLOCK
+    expected = pairs[block, 0] + codes.astype(np.float32) * pairs[block, 1]
+    got = _dequantise_int8(codes.tobytes(), pairs.tobytes(), kept)
+    assert got.dtype == np.float32 and got.shape == (kept,)
+    assert np.array_equal(got.view(np.uint32), expected.astype(np.float32).view(np.uint32))

@@ -283,10 +283,15 @@ def _dequantise_int8(values: bytes, scales: bytes, kept: int) -> Vector:
     pairs = np.frombuffer(scales, dtype="<f4").reshape(-1, 2)
     if not np.isfinite(pairs).all() or (pairs[:, 1] < 0).any():
         raise MalformedMessage("compressed model: int8 block scales not finite and >= 0")
-    codes = np.frombuffer(values, dtype=np.uint8).astype(np.float32)
-    block = np.arange(kept) // INT8_BLOCK
-    decoded: Vector = pairs[block, 0] + codes * pairs[block, 1]
-    return decoded.astype(np.float32)
+    # block by block (a reshape, not a gather by index): the same float32 operations,
+    # minimum + code * step, an order of magnitude faster
+    blocks = math.ceil(kept / INT8_BLOCK)
+    flat = np.zeros(blocks * INT8_BLOCK, dtype=np.float32)
+    flat[:kept] = np.frombuffer(values, dtype=np.uint8)
+    grid = flat.reshape(blocks, INT8_BLOCK)
+    decoded = pairs[:blocks, 0:1] + grid * pairs[:blocks, 1:2]
+    out: Vector = decoded.reshape(-1)[:kept].astype(np.float32, copy=False)
+    return out
 
 
 def _deflate(data: bytes) -> bytes:
