@@ -281,9 +281,9 @@ class FrameReader:
             assert self._pieces is not None and self._hasher is not None
             take = min(self._frame.length - self._filled, end - pos)
             self._grow(take)
-            piece = data[pos : pos + take]
+            piece = data[pos : pos + take] if immutable else data[pos : pos + take].tobytes()
             self._hasher.update(piece)
-            self._pieces.append(piece if immutable else piece.tobytes())
+            self._pieces.append(piece)
             self._filled += take
             pos += take
             if self._filled == self._frame.length:
