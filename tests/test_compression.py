@@ -371,3 +371,21 @@ def test_int8_decodes_exactly_as_minimum_plus_code_times_step(kept: int) -> None
     got = _dequantise_int8(codes.tobytes(), pairs.tobytes(), kept)
     assert got.dtype == np.float32 and got.shape == (kept,)
     assert np.array_equal(got.view(np.uint32), expected.astype(np.float32).view(np.uint32))
+
+
+def test_bfloat16_rounds_every_bit_pattern_as_the_uint64_formula() -> None:
+    from gossiplearn.protocols.compression import _to_bfloat16
+
+    rng = np.random.default_rng(3)
+    edges = np.array(
+        [0, 0x7FFF, 0x8000, 0x18000, 0x7F7FFFFF, 0x7F800000, 0xFF7FFFFF, 0xFFFFFFFF,
+         0x7FFF8000, 0xFFFF8000, 0x80000000, 0x3F808000],
+        dtype=np.uint32,
+    )  # fmt: skip
+    bits = np.concatenate([edges, rng.integers(0, 2**32, 200_000, dtype=np.uint32)])
+    wide = bits.astype(np.uint64)
+    expected = ((wide + 0x7FFF + ((wide >> 16) & 1)) >> 16).astype(np.uint16)
+    expected[(expected & 0x7FFF) == 0x7F80] -= 1
+    with np.errstate(invalid="ignore"):
+        got = _to_bfloat16(bits.view(np.float32))
+    assert np.array_equal(got, expected.astype("<u2"))
