@@ -166,9 +166,11 @@ def classify(frame: FrameType | None, trio_thread: bool) -> str:
 
 
 class Sampler:
-    """Samples the stacks of this process's transport (trio) and main (asyncio) threads."""
+    """Samples the stacks of one transport's trio thread (that of peer ``peer_id``) and of
+    this process's main (asyncio) thread."""
 
-    def __init__(self, interval: float = 0.001) -> None:
+    def __init__(self, peer_id: str, interval: float = 0.001) -> None:
+        self.trio_thread = f"gossiplearn-libp2p-{peer_id[-8:]}"
         self.interval = interval
         self.counts: dict[tuple[str, str], float] = collections.defaultdict(float)
         self.ticks = 0
@@ -200,7 +202,7 @@ class Sampler:
             names = {t.ident: t.name for t in threading.enumerate()}
             for ident, frame in sys._current_frames().items():
                 name = names.get(ident, "")
-                if name.startswith("gossiplearn-libp2p"):
+                if name == self.trio_thread:
                     self.counts[("trio", classify(frame, True))] += elapsed
                 elif ident == main:
                     self.counts[("asyncio", classify(frame, False))] += elapsed

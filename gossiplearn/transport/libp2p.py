@@ -26,6 +26,13 @@ drops the mplex fallback; ``ConnectionConfig(max_connections_per_peer=1)`` ends
 swarm's AutoConnector dials every peer in the peerstore (disabled here); yamux's reading
 task writes control frames itself (deadlock, fixed by :class:`_Yamux`); a yamux
 ``stream.read(n)`` returns at most what is buffered; ``read_exactly`` is never used.
+For speed (see the README's transport section): Noise carries at most
+``MAX_PLAINTEXT_LENGTH`` (65519) bytes a message, so writes are cut to yamux frames that
+fit one; ``YamuxStream`` credits its window in ``_auto_tune_and_send_window_update``
+(overridden by :class:`_YamuxStream` on inbound streams); a Noise connection's socket is
+a ``TrioTCPStream`` at ``SecureSession.conn.read_writer.read_write_closer.stream``
+(read ahead by :class:`_ReadAheadTCPStream`). Each class switch checks the exact type it
+replaces, so another libp2p version keeps its own behaviour.
 """
 
 from __future__ import annotations
@@ -1249,7 +1256,9 @@ async def _widen_window(stream: INetStream, size: int) -> None:
     window = min(max(size, YAMUX_DEFAULT_WINDOW), YAMUX_MAX_WINDOW)
     if window > muxed.target_recv_window:
         muxed.target_recv_window = window
-        await muxed._auto_tune_and_send_window_update()
+        # a write cut short would leave half a Noise message on the connection
+        with trio.CancelScope(shield=True), trio.move_on_after(_ANSWER_TIMEOUT):
+            await muxed._auto_tune_and_send_window_update()
 
 
 class _YamuxStream(YamuxStream):
