@@ -96,7 +96,9 @@ async def test_frames_beyond_the_largest_window_arrive_intact_between_any_channe
 
 
 @pytest.mark.network
-async def test_a_corrupt_frame_in_fitted_writes_is_refused_and_its_buffers_given_back() -> None:
+async def test_a_corrupt_frame_in_fitted_writes_is_refused_and_its_buffers_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     sender, victim = Libp2pTransport(), Libp2pTransport()
     inbox = _inbox(victim)
     payload = os.urandom(3 * 2**20)
@@ -124,12 +126,8 @@ async def test_a_corrupt_frame_in_fitted_writes_is_refused_and_its_buffers_given
         await victim.start()
         try:
             await sender.connect(victim.addresses[0])
-            _YamuxStream._auto_tune_and_send_window_update = watched  # type: ignore[method-assign]
-            try:
-                assert await sender._call(send_corrupt, timeout=LIMIT) is Status.CORRUPT
-            finally:
-                del _YamuxStream._auto_tune_and_send_window_update
-                _YamuxStream._auto_tune_and_send_window_update = original  # type: ignore[method-assign]
+            monkeypatch.setattr(_YamuxStream, "_auto_tune_and_send_window_update", watched)
+            assert await sender._call(send_corrupt, timeout=LIMIT) is Status.CORRUPT
             assert victim.rejected_counts() == {"CorruptFrame": 1}
             assert victim.limits.buffer.used == 0
             assert inbox.empty()
