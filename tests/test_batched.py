@@ -293,3 +293,12 @@ def test_a_simulation_on_the_batched_pool_learns_alike(monkeypatch: pytest.Monke
         assert other["mean_accuracy"] == pytest.approx(p, abs=3 * np.sqrt(p * (1 - p) / tested))
     same = {"rounds", "bytes_sent", "messages_sent", "messages_rejected", "train_samples"}
     assert {k: expected.summary[k] for k in same} == {k: actual.summary[k] for k in same}
+
+
+def test_the_pool_keeps_its_tensors_on_the_device_it_is_given() -> None:
+    batched = BatchedPool(_learners("cnn"), device="cpu")
+    assert batched.device == torch.device("cpu") and batched._x.device == batched.device
+    sequential = SequentialPool(_learners("cnn"))
+    start = _learners("cnn")[1].params()
+    _assert_same(sequential.result(sequential.submit(1, start, 3)),
+                 batched.result(batched.submit(1, start, 3)))  # fmt: skip
