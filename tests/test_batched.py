@@ -266,7 +266,7 @@ def test_a_simulated_runs_jobs_agree(model: str, monkeypatch: pytest.MonkeyPatch
         twins.append(_Twin(learners))
         return twins[-1]
 
-    config = make_config(**SIM, model=model, weight_decay=1e-4)
+    config = make_config(**SIM, model=model, weight_decay=1e-4, engine="sequential")
     monkeypatch.setattr(run_module, "SequentialPool", twin)
     simulate(config)
     disagreements = np.array(twins[0].disagreements)
@@ -282,7 +282,7 @@ def test_a_simulation_on_the_batched_pool_learns_alike(monkeypatch: pytest.Monke
     # count does), so the two runs are two samples of the same training. Their accuracies
     # then agree within the sampling error of an accuracy measured on the test set:
     # 3 standard errors, sqrt(p (1 - p) / n), about 0.055 on digits' 359 test images.
-    config = make_config(**(SIM | {"rounds": 6}), model="cnn-bn")
+    config = make_config(**(SIM | {"rounds": 6}), model="cnn-bn", engine="sequential")
     expected = simulate(config)
     monkeypatch.setattr(run_module, "SequentialPool", BatchedPool)
     actual = simulate(config)

@@ -218,11 +218,11 @@ def test_deferring_simulation_matches_sequential_and_batches_more(
         peers=12, rounds=3, topology="regular:3", dataset="digits", model="mlp", seed=3,
         aggregator="vc", batch_size=16,
     )  # fmt: skip
-    expected = simulate(make_config(**base))
+    expected = simulate(make_config(**base, engine="sequential"))
     pools: list[BatchedPool] = []
 
-    def capture(learners: list[Learner]) -> BatchedPool:
-        pools.append(BatchedPool(learners))
+    def capture(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
         return pools[-1]
 
     monkeypatch.setattr(run_module, "BatchedPool", capture)
@@ -333,8 +333,8 @@ def test_push_one_gossip_batches_across_rounds(monkeypatch: pytest.MonkeyPatch) 
     # evaluations every 2 rounds), so a flush holds several rounds of every peer.
     pools: list[BatchedPool] = []
 
-    def capture(learners: list[Learner]) -> BatchedPool:
-        pools.append(BatchedPool(learners))
+    def capture(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
         return pools[-1]
 
     monkeypatch.setattr(run_module, "BatchedPool", capture)
