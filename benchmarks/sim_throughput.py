@@ -382,7 +382,8 @@ def main() -> int:
     gossipy_rounds = args.gossipy_rounds or (2 if args.quick else 100)
     report["gossipy"] = _gossipy_report(gossipy_rounds, threads, console)
     if args.only == "gossipy":
-        return _write(report, args.quick, "sim_throughput_gossipy", load_before, console)
+        only = {"threads": threads, "quick": args.quick, "gossipy": report["gossipy"]}
+        return _write(only, args.quick, "sim_throughput_gossipy", load_before, console)
     # (e) first: the longest run, and its table is printed as soon as it is done.
     e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
     e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
