@@ -10,6 +10,13 @@ epoch per round with SGD (momentum 0.9, batch 32) from its previous round's mode
 The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()`` run
 (gossip, 100 peers) with either pool.
 
+(g) gossipy's own configuration, both engines in one run: 100 peers, a random 8-regular
+    graph, Fashion-MNIST split IID, the MLP, one local epoch per round (batch 32, lr 0.1,
+    no momentum), push to one random neighbour and merge 50/50 with what arrived (``--push
+    one --buffer-size 1 --beta 0.5 --aggregator mean``), accuracy on the full test set
+    every 10 rounds, 100 rounds: wall time, accuracy, bytes, training samples/s against one
+    MLP trained on a batch of 100 x 32 (the compute bound), jobs per training flush.
+
 (e) End to end: ``simulate()`` with ``engine="batched"``, 1,000 peers x 60
     samples (IID), ``regular:4``, gossip with vc, 100 rounds, accuracy on 500 test samples
     every 10 rounds: wall and CPU time, peak RSS, final mean accuracy, and where the time
@@ -20,7 +27,8 @@ Every measurement runs in a fresh process (so its peak RSS is its own), with the
 ``torch.set_num_threads``. Samples/s counts training samples (one epoch per peer per round).
 
     python benchmarks/sim_throughput.py            # 3 timed rounds, + vmap and simulate rows
-    python benchmarks/sim_throughput.py --quick    # 1 timed round, (e) 1 round
+    python benchmarks/sim_throughput.py --quick    # 1 timed round, (e) 1 round, (g) 2 rounds
+    python benchmarks/sim_throughput.py --only gossipy [--gossipy-rounds 100]   # (g) alone
 
 Writes benchmarks/results/sim_throughput.json (sim_throughput_quick.json with --quick).
 """
@@ -57,6 +65,12 @@ SHARDS = {100: 600, 1000: 60}  # peers -> samples per peer (60,000 training samp
 E2E: dict[str, Any] = dict(
     dataset="fashion-mnist", model=MODEL, batch_size=BATCH, topology="regular:4",
     aggregator="vc", engine="batched", eval_samples=500,
+)  # fmt: skip
+#: (g): gossipy's configuration (its paper's and repository's MLP benchmark).
+GOSSIPY: dict[str, Any] = dict(
+    peers=100, topology="regular:8", dataset="fashion-mnist", partition="iid", model="mlp",
+    local_epochs=1, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.0, push="one",
+    buffer_size=1, beta=0.5, aggregator="mean", eval_every=10, seed=1,
 )  # fmt: skip
 WARMUP_PEERS = 10  # one round on these first: allocator and oneDNN primitive caches
 
@@ -115,13 +129,15 @@ def _pool_rounds(
     }
 
 
-def _compute_bound(peers: int, steps: int, threads: int) -> dict[str, Any]:
-    """One cnn, one optimiser, P*B samples per step: the same arithmetic with no peers."""
+def _compute_bound(
+    peers: int, steps: int, threads: int, model_name: str = MODEL, momentum: float = 0.9
+) -> dict[str, Any]:
+    """One model, one optimiser, P*B samples per step: the same arithmetic with no peers."""
     torch.set_num_threads(threads)
     data = load_dataset("fashion-mnist")
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
-    model = build_model(MODEL, data.input_shape, data.num_classes, seed=0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = build_model(model_name, data.input_shape, data.num_classes, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
     loss = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
     batch = peers * BATCH
@@ -154,11 +170,11 @@ def _simulation(kind: str, rounds: int, threads: int) -> dict[str, Any]:
         jobs.append(BatchedPool(learners))
         return jobs[-1]
 
-    if kind == "batched":  # what the proposed `engine = "batched"` config field would select
+    if kind == "batched":  # the pool alone: training when a result is read, as before
         setattr(run_module, "SequentialPool", batched)  # noqa: B010 (patches the import)
     config = make_config(
         peers=100, rounds=rounds, topology="regular:8", dataset="fashion-mnist", model=MODEL,
-        batch_size=BATCH, eval_samples=500, threads=threads,
+        batch_size=BATCH, eval_samples=500, threads=threads, engine="sequential",
     )  # fmt: skip
     result = simulate(config)
     summary = result.summary
@@ -171,6 +187,75 @@ def _simulation(kind: str, rounds: int, threads: int) -> dict[str, Any]:
     if jobs:
         out["jobs_per_flush"] = jobs[0].jobs_run / max(1, jobs[0].flushes)
     return out
+
+
+def _gossipy(engine: str, rounds: int, threads: int) -> dict[str, Any]:
+    """(g) One engine on gossipy's configuration."""
+    import gossiplearn.scenarios.run as run_module
+    from gossiplearn import make_config, simulate
+
+    pools: list[BatchedPool] = []
+
+    def batched(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
+        return pools[-1]
+
+    setattr(run_module, "BatchedPool", batched)  # noqa: B010 (patches the import)
+    config = make_config(**GOSSIPY, rounds=rounds, engine=engine, threads=threads)
+    cpu = time.process_time()
+    result = simulate(config)
+    summary = result.summary
+    wall = summary["wall_seconds"]
+    out = {
+        "engine": result.config.engine,
+        "rounds": summary["rounds"],
+        "wall_s": wall,
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "samples_per_s": summary["train_samples"] * rounds / wall,
+        "mean_accuracy": summary["mean_accuracy"],
+        "bytes_sent": summary["bytes_sent"],
+        "messages_sent": summary["messages_sent"],
+        "virtual_time": summary["virtual_time"],
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if pools:
+        out["jobs_per_flush"] = pools[0].jobs_run / max(1, pools[0].flushes)
+    return out
+
+
+def _gossipy_report(rounds: int, threads: int, console: Console) -> dict[str, Any]:
+    """(g) Both engines and the MLP's compute bound, each in its own process."""
+    runs = {engine: _isolated(_gossipy, engine, rounds, threads) for engine in ENGINES}
+    bound = _isolated(_compute_bound, GOSSIPY["peers"], 5, threads, "mlp", 0.0)
+    batched, sequential = runs["batched"], runs["sequential"]
+    report = {
+        "config": GOSSIPY | {"rounds": rounds},
+        "runs": runs,
+        "mlp_compute_bound": bound,
+        "speedup": sequential["wall_s"] / batched["wall_s"],
+        "accuracy_difference": abs(batched["mean_accuracy"] - sequential["mean_accuracy"]),
+        "same_bytes": batched["bytes_sent"] == sequential["bytes_sent"],
+    }
+    title = f"(g) gossipy's configuration: 100 peers, MLP, push one, {rounds} rounds"
+    table = Table("engine", "wall s", "samples/s", "of bound", "accuracy", "bytes", "jobs/flush",
+                  "peak RSS MB", title=title)  # fmt: skip
+    for engine, run in runs.items():
+        table.add_row(
+            engine, f"{run['wall_s']:,.1f}", f"{run['samples_per_s']:,.0f}",
+            f"{run['samples_per_s'] / bound['samples_per_s']:.0%}",
+            f"{run['mean_accuracy']:.4f}", f"{run['bytes_sent']:,}",
+            f"{run.get('jobs_per_flush', 1):.0f}", f"{run['peak_rss_mb']:,.0f}",
+        )  # fmt: skip
+    table.add_row("one MLP, batch 3,200", "", f"{bound['samples_per_s']:,.0f}", "100%")
+    console.print(table)
+    console.print(
+        f"batched {report['speedup']:.2f}x faster than sequential; accuracy differs by "
+        f"{report['accuracy_difference']:.4f}; same bytes: {report['same_bytes']}"
+    )
+    return report
+
+
+ENGINES = ("batched", "sequential")
 
 
 class _Breakdown:
@@ -214,8 +299,8 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
     setattr(StackedEvaluator, "accuracies", scored)  # noqa: B010
     pools: list[BatchedPool] = []
 
-    def batched(learners: list[Learner]) -> BatchedPool:
-        pools.append(BatchedPool(learners))
+    def batched(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
         setattr(pools[-1], "flush", parts.timed("train", pools[-1].flush))  # noqa: B010
         return pools[-1]
 
@@ -273,6 +358,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="timed rounds (default 3, quick 1)")
     parser.add_argument("--e2e-rounds", type=int, help="(e) rounds (default 100, quick 1)")
     parser.add_argument("--e2e-eval-every", type=int, default=10, help="(e) eval_every")
+    parser.add_argument("--only", choices=["gossipy"], help="run only this part")
+    parser.add_argument("--gossipy-rounds", type=int, help="(g) rounds (default 100, quick 2)")
     parser.add_argument(
         "--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, help="BatchedPool chunk"
     )
@@ -292,6 +379,11 @@ def main() -> int:
         "chunk_mb": args.chunk_mb,
         "quick": args.quick,
     }
+    gossipy_rounds = args.gossipy_rounds or (2 if args.quick else 100)
+    report["gossipy"] = _gossipy_report(gossipy_rounds, threads, console)
+    if args.only == "gossipy":
+        only = {"threads": threads, "quick": args.quick, "gossipy": report["gossipy"]}
+        return _write(only, args.quick, "sim_throughput_gossipy", load_before, console)
     # (e) first: the longest run, and its table is printed as soon as it is done.
     e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
     e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
@@ -346,9 +438,19 @@ def main() -> int:
         ratio("speed-up", sims["batched"]["samples_per_s"] / sims["sequential"]["samples_per_s"])
     console.print(table)
 
+    return _write(report, args.quick, "sim_throughput", load_before, console)
+
+
+def _write(
+    report: dict[str, Any],
+    quick: bool,
+    name: str,
+    load_before: tuple[float, float, float],
+    console: Console,
+) -> int:
     report["load_average_before_after"] = [load_before, os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("sim_throughput_quick.json" if args.quick else "sim_throughput.json")
+    out = RESULTS / (f"{name}_quick.json" if quick else f"{name}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"[dim]wrote {out}[/]")
     return 0

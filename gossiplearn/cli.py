@@ -188,8 +188,12 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--engine",
         choices=["auto", "sequential", "batched"],
-        help="train peers one after another (default) or all pending jobs together; auto: "
-        "batched where the model and protocol allow it",
+        help="auto (default): train all pending jobs together where the model and protocol "
+        "allow it, else one peer after another; batched; sequential",
+    )
+    add(
+        "--device",
+        help="torch device of the batched engine's tensors: cpu (default), cuda, cuda:1, ...",
     )
     for kind, what in (("crash", "crash silently"), ("join", "join"), ("leave", "leave")):
         add(
@@ -285,8 +289,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         result = simulate(config, on_metrics=show)
     write_run(result, out)
-    if config.engine != result.config.engine:  # auto resolved, or batched fell back
-        console.print(f"engine: {result.config.engine} (asked for {config.engine})")
+    ran = result.config.engine
+    asked = f" (asked for {config.engine})" if config.engine != ran else ""
+    console.print(f"engine: {ran}{asked}")  # auto resolved, or batched fell back
     _print_final(result.summary, out)
     return 0
 

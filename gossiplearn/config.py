@@ -330,7 +330,9 @@ class RunConfig(LearningConfig):
     #: How the simulator trains peers: one after another, or all pending jobs together
     #: (equal models within float rounding; see gossiplearn.learning.batched); ``auto``:
     #: batched where the model and protocol allow it, sequential elsewhere.
-    engine: Literal["auto", "sequential", "batched"] = "sequential"
+    engine: Literal["auto", "sequential", "batched"] = "auto"
+    #: The torch device of the batched engine's tensors (cpu, cuda, cuda:1, mps ...).
+    device: str = "cpu"
     network: NetworkConfig = NetworkConfig()
 
     @model_validator(mode="before")

@@ -266,7 +266,7 @@ def test_a_simulated_runs_jobs_agree(model: str, monkeypatch: pytest.MonkeyPatch
         twins.append(_Twin(learners))
         return twins[-1]
 
-    config = make_config(**SIM, model=model, weight_decay=1e-4)
+    config = make_config(**SIM, model=model, weight_decay=1e-4, engine="sequential")
     monkeypatch.setattr(run_module, "SequentialPool", twin)
     simulate(config)
     disagreements = np.array(twins[0].disagreements)
@@ -282,7 +282,7 @@ def test_a_simulation_on_the_batched_pool_learns_alike(monkeypatch: pytest.Monke
     # count does), so the two runs are two samples of the same training. Their accuracies
     # then agree within the sampling error of an accuracy measured on the test set:
     # 3 standard errors, sqrt(p (1 - p) / n), about 0.055 on digits' 359 test images.
-    config = make_config(**(SIM | {"rounds": 6}), model="cnn-bn")
+    config = make_config(**(SIM | {"rounds": 6}), model="cnn-bn", engine="sequential")
     expected = simulate(config)
     monkeypatch.setattr(run_module, "SequentialPool", BatchedPool)
     actual = simulate(config)
@@ -293,3 +293,12 @@ def test_a_simulation_on_the_batched_pool_learns_alike(monkeypatch: pytest.Monke
         assert other["mean_accuracy"] == pytest.approx(p, abs=3 * np.sqrt(p * (1 - p) / tested))
     same = {"rounds", "bytes_sent", "messages_sent", "messages_rejected", "train_samples"}
     assert {k: expected.summary[k] for k in same} == {k: actual.summary[k] for k in same}
+
+
+def test_the_pool_keeps_its_tensors_on_the_device_it_is_given() -> None:
+    batched = BatchedPool(_learners("cnn"), device="cpu")
+    assert batched.device == torch.device("cpu") and batched._x.device == batched.device
+    sequential = SequentialPool(_learners("cnn"))
+    start = _learners("cnn")[1].params()
+    _assert_same(sequential.result(sequential.submit(1, start, 3)),
+                 batched.result(batched.submit(1, start, 3)))  # fmt: skip

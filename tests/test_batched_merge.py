@@ -218,11 +218,11 @@ def test_deferring_simulation_matches_sequential_and_batches_more(
         peers=12, rounds=3, topology="regular:3", dataset="digits", model="mlp", seed=3,
         aggregator="vc", batch_size=16,
     )  # fmt: skip
-    expected = simulate(make_config(**base))
+    expected = simulate(make_config(**base, engine="sequential"))
     pools: list[BatchedPool] = []
 
-    def capture(learners: list[Learner]) -> BatchedPool:
-        pools.append(BatchedPool(learners))
+    def capture(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
         return pools[-1]
 
     monkeypatch.setattr(run_module, "BatchedPool", capture)
@@ -260,3 +260,100 @@ def test_stacked_evaluator_scores_like_one_model_at_a_time(model: str) -> None:
     many.per_chunk = 2  # several chunks and a short last batch
     expected = [one.accuracy(params) for params in models]
     assert many.accuracies(models) == pytest.approx(expected, abs=1.5 / len(y))
+
+
+# ------------------------------------------------- every protocol, late decoding, fallback
+
+#: Small runs of every protocol the batched engine runs, push-one gossip among them.
+PROTOCOL_RUNS: dict[str, dict[str, Any]] = {
+    "gossip-push-all-vc": dict(aggregator="vc"),
+    "gossip-push-one-mean": dict(
+        push="one", buffer_size=1, beta=0.5, aggregator="mean", lr=0.1, momentum=0.0
+    ),
+    "gossip-push-one-no-wait": dict(push="one", buffer_size=1, wait_for_buffer=False),
+    "dpsgd": dict(protocol="dpsgd"),
+    "fedavg": dict(protocol="fedavg", sample_fraction=0.5),
+    "modest": dict(protocol="modest"),
+    "sybilwall": dict(aggregator="sybilwall"),
+}
+RUN_BASE: dict[str, Any] = dict(
+    peers=10, rounds=4, topology="regular:3", dataset="digits", model="mlp", seed=11,
+    batch_size=16,
+)  # fmt: skip
+SAME = ("rounds", "virtual_time", "bytes_sent", "messages_sent", "messages_rejected")
+
+
+def _reported(monkeypatch: pytest.MonkeyPatch) -> dict[Any, Params]:
+    """Each peer's last reported model, captured unread (reading would flush early)."""
+    last: dict[Any, Params] = {}
+    on_round = run_module.RoundRecorder.on_round
+
+    def capture(self: Any, peer: Any, round_: int, params: Params, time: float) -> None:
+        last[peer] = params
+        on_round(self, peer, round_, params, time)
+
+    monkeypatch.setattr(run_module.RoundRecorder, "on_round", capture)
+    return last
+
+
+def _assert_runs_equal(
+    expected: Any, actual: Any, expected_models: dict[Any, Params], models: dict[Any, Params]
+) -> None:
+    assert {k: actual.summary[k] for k in SAME} == {k: expected.summary[k] for k in SAME}
+    timing = ("round", "time", "bytes_sent", "peers_reporting")
+    assert [{k: line[k] for k in timing} for line in actual.metrics] == [
+        {k: line[k] for k in timing} for line in expected.metrics
+    ]
+    assert models.keys() == expected_models.keys()
+    for peer, want in expected_models.items():
+        got = models[peer]
+        assert list(got) == list(want)
+        for name, value in want.items():
+            ref = np.asarray(value, dtype=np.float64)
+            diff = np.abs(np.asarray(got[name], dtype=np.float64) - ref)
+            assert diff.max() <= 1e-4 * max(1.0, np.abs(ref).max()), (peer, name)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_RUNS))
+def test_every_protocol_runs_batched_as_sequential(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = RUN_BASE | PROTOCOL_RUNS[name]
+    expected_models = _reported(monkeypatch)
+    expected = simulate(make_config(**config, engine="sequential"))
+    monkeypatch.undo()
+    models = _reported(monkeypatch)
+    actual = simulate(make_config(**config, engine="batched"))
+    assert actual.config.engine == "batched"
+    _assert_runs_equal(expected, actual, expected_models, models)
+
+
+def test_push_one_gossip_batches_across_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deliveries no longer force training: jobs wait until a model is read (here, the
+    # evaluations every 2 rounds), so a flush holds several rounds of every peer.
+    pools: list[BatchedPool] = []
+
+    def capture(learners: list[Learner], **options: Any) -> BatchedPool:
+        pools.append(BatchedPool(learners, **options))
+        return pools[-1]
+
+    monkeypatch.setattr(run_module, "BatchedPool", capture)
+    config = RUN_BASE | PROTOCOL_RUNS["gossip-push-one-mean"] | {"rounds": 6, "eval_every": 3}
+    simulate(make_config(**config, engine="batched"))
+    pool = pools[0]
+    assert pool.jobs_run == config["peers"] * config["rounds"]
+    assert pool.flushes <= 3  # the evaluation of rounds 3 and 6 (and whatever is left)
+
+
+def test_a_model_rejected_when_decoded_late_reruns_the_run_decoding_on_arrival(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A learning rate that makes models overflow: their messages are rejected on arrival
+    # (NonFiniteModel). Decoded late, the receiver already took one; the run is repeated
+    # with every message decoded on arrival, and gives what the sequential engine gives.
+    config = RUN_BASE | PROTOCOL_RUNS["gossip-push-one-mean"] | {"lr": 1e20}
+    expected = simulate(make_config(**config, engine="sequential"))
+    assert expected.summary["messages_rejected"].get("NonFiniteModel", 0) > 0
+    actual = simulate(make_config(**config, engine="batched"))
+    assert "decoded on arrival" in caplog.text
+    assert {k: actual.summary[k] for k in SAME} == {k: expected.summary[k] for k in SAME}

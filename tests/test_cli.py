@@ -285,3 +285,23 @@ def test_simulate_counts_compressed_bytes(tmp_path: Path) -> None:
     assert summary["config"]["engine"] == "sequential"  # batched falls back, saying so
     full = json.loads((plain / "summary.json").read_text())["bytes_sent"]
     assert summary["bytes_sent"] < full / 4
+
+
+def test_simulate_runs_engine_auto_by_default_and_says_which_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *FAST, "--out", str(tmp_path / "auto")]) == 0
+    assert "engine: batched (asked for auto)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["config"]["engine"] == "batched" and summary["config"]["device"] == "cpu"
+    args = ["--engine", "sequential", "--out", str(tmp_path / "seq")]
+    assert main(["simulate", *FAST, *args]) == 0
+    assert "engine: sequential" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:99"])
+def test_simulate_with_a_device_that_is_not_here_exits_2_naming_the_flag(
+    device: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *FAST, "--device", device, "--out", str(tmp_path)]) == 2
+    assert f"device: {device!r}" in capsys.readouterr().err

@@ -4,10 +4,14 @@ How it works
 ------------
 :class:`BatchedPool` is a :class:`~gossiplearn.learning.pool.TrainingPool` that defers
 work: ``submit`` only records a job, and the first ``result`` of a job not yet run trains
-every pending job. Pending jobs run in *waves* (a peer's n-th pending job is in wave n), so
-each peer's jobs run in submit order, and an abandoned job still advances the peer's batch
+every pending job. Pending jobs run in *waves*: a job runs in the wave after its peer's
+previous pending job and after every pending job whose result its start params need (they
+may be :class:`~gossiplearn.learning.pool.DeferredParams` of a merge with models other
+peers sent; see ``DeferredParams.waits_for``). So each peer's jobs run in submit order,
+every job's inputs exist when it runs, and an abandoned job still advances the peer's batch
 sampler and momentum, exactly as in :class:`~gossiplearn.learning.pool.SequentialPool`,
-which trains at submit.
+which trains at submit. At most ``max_pending`` jobs (about 2 GiB of models) wait: a
+submit beyond that runs them.
 
 Within a wave, jobs are grouped by batch size and SGD settings, sorted by step count
 (longest first) and cut into chunks of a bounded activation size. A chunk's params are
@@ -41,7 +45,6 @@ import copy
 import functools
 import itertools
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -66,6 +69,11 @@ Engine = Literal["auto", "stacked", "vmap"]
 #: the CPU caches, large enough that per-step Python overhead is negligible (measured in
 #: benchmarks/sim_throughput.py).
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+#: Bound on the models that pending jobs wait with (start params, results, messages): the
+#: pool runs its jobs when more are pending than this many bytes of models (at least one
+#: job per peer).
+PENDING_BYTES = 2 * 2**30
 
 
 # ------------------------------------------------------------------------ one training step
@@ -108,9 +116,12 @@ def _weighted_ce(logits: Tensor, y: Tensor, weight: Tensor) -> Tensor:
 class _StackedNet(_Net):
     """An ``nn.Sequential`` compiled to grouped / batched kernels over the stacked peers."""
 
-    def __init__(self, layers: list[_Layer], flat_input: bool) -> None:
+    def __init__(self, layers: list[_Layer], flat_input: bool, entry: _Layer | None = None) -> None:
         self.layers = layers
         self.flat_input = flat_input
+        #: The first layer computed for k models on one shared batch ``[B, ...]`` (each
+        #: model's input would be the same rows): one matmul or convolution for all.
+        self.entry = entry
 
     def prepare(self, x: Tensor) -> Tensor:
         # Flat: rows of features. Images: NHWC, so that a gather plus one transpose gives
@@ -132,6 +143,19 @@ class _StackedNet(_Net):
     def logits(self, step: _Step, x: Tensor) -> Tensor:
         """``[k, B, classes]`` for the gathered input of k peers."""
         for layer in self.layers:
+            x = layer(x, step)
+        return x
+
+    def shared_logits(self, step: _Step, data: Tensor, rows: Tensor) -> Tensor:
+        """``[k, B, classes]`` of k models that all see the prepared rows ``rows``."""
+        k = next(iter(step.params.values())).shape[0]
+        if self.entry is None:
+            return self.logits(step, self.gather(data, rows.expand(k, -1)))
+        x = data[rows]
+        if not self.flat_input:
+            x = x.permute(0, 3, 1, 2)  # [B, C, H, W], channels-last in memory
+        x = self.entry(x, step)
+        for layer in self.layers[1:]:
             x = layer(x, step)
         return x
 
@@ -161,7 +185,15 @@ class _StackedNet(_Net):
             layers.append(layer)
             flat = flat or isinstance(module, nn.Flatten)
             i += 1
-        return cls(layers, flat_input) if flat else None
+        if not flat:
+            return None
+        first = modules[0][1] if modules else None
+        entry = None
+        if isinstance(first, nn.Linear) and flat_input:
+            entry = _shared_linear(modules[0][0])
+        elif isinstance(first, nn.Conv2d) and first.groups == 1:
+            entry = _shared_conv(modules[0][0], first)
+        return cls(layers, flat_input, entry)
 
 
 def _translate(name: str, module: nn.Module, flat: bool) -> _Layer | None:
@@ -206,6 +238,38 @@ def _linear(name: str) -> _Layer:
         return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias[:, None], x, weight)
 
     return linear
+
+
+def _shared_linear(name: str) -> _Layer:
+    """A linear layer of k models on one input ``[B, F]``: one ``[B, F] x [F, k*H]``."""
+
+    def linear(x: Tensor, step: _Step) -> Tensor:
+        weight = step.params[f"{name}.weight"]  # [k, H, F]
+        k, h, _ = weight.shape
+        out = (x @ weight.reshape(k * h, -1).t()).view(len(x), k, h).transpose(0, 1)
+        bias = step.params.get(f"{name}.bias")
+        return out if bias is None else out + bias[:, None]
+
+    return linear
+
+
+def _shared_conv(name: str, conv: nn.Conv2d) -> _Layer:
+    """A convolution of k models on one input ``[B, C, H, W]``: one convolution with k
+    times the output channels, in the ``[B, k*O, H, W]`` layout the grouped one gives."""
+
+    def convolve(x: Tensor, step: _Step) -> Tensor:
+        weight = step.params[f"{name}.weight"]
+        bias = step.params.get(f"{name}.bias")
+        return F.conv2d(
+            x,
+            weight.reshape(-1, *weight.shape[2:]),
+            None if bias is None else bias.reshape(-1),
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+        )
+
+    return convolve
 
 
 def _conv(name: str, conv: nn.Conv2d) -> _Layer:
@@ -348,6 +412,8 @@ class _Job:
     peer: int
     params: Params
     steps: int
+    #: The wave it runs in: after the peer's earlier jobs and the jobs its params need.
+    wave: int = 0
 
 
 class BatchedPool:
@@ -368,6 +434,7 @@ class BatchedPool:
         *,
         engine: Engine = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not learners:
             raise ValueError("BatchedPool needs at least one learner")
@@ -381,13 +448,16 @@ class BatchedPool:
             _check_like(template, learner, i)
         sizes = [len(learner.x) for learner in learners]
         self._offsets = [0, *itertools.accumulate(sizes)][:-1]
+        #: Where the training data, stacked models and momentum live and steps run.
+        self.device = torch.device(device)
         with torch.no_grad():
             # inputs keep their dtype: integer tokens feed an embedding as they are
-            self._x = self.net.prepare(torch.cat([learner.x for learner in learners]))
-        self._y = torch.cat([learner.y for learner in learners]).long()
+            x = torch.cat([learner.x for learner in learners]).to(self.device)
+            self._x = self.net.prepare(x)
+        self._y = torch.cat([learner.y for learner in learners]).long().to(self.device)
         uses_momentum = any(sgd.momentum != 0 for sgd in self._sgd)
         self._momentum = {  # [peers, ...] per parameter, between jobs
-            name: torch.stack([_momentum_of(learner, name) for learner in learners])
+            name: torch.stack([_momentum_of(learner, name) for learner in learners]).to(self.device)
             for name in (self._trainable if uses_momentum else [])
         }
         self._sample_bytes = 4 * _activation_floats(template, learners[0].x)
@@ -399,6 +469,11 @@ class BatchedPool:
         self._results: dict[Ticket, Params] = {}
         #: Jobs handed out as DeferredParams, which get their results when they run.
         self._claimed: dict[Ticket, DeferredParams] = {}
+        #: Pending jobs: each one's wave, and each peer's last one.
+        self._wave_of: dict[Ticket, int] = {}
+        self._peer_last: dict[int, Ticket] = {}
+        #: Pending jobs at most: a submit beyond runs them (bounds the models they hold).
+        self.max_pending = max(len(learners), PENDING_BYTES // max(1, self._model_bytes()))
         self._flushing = False
         self._result_spec: ModelSpec = {
             name: (torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<").str, tuple(shape))
@@ -415,13 +490,24 @@ class BatchedPool:
         *,
         engine: Engine = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        device: torch.device | str = "cpu",
     ) -> BatchedPool:
         """Same as the constructor; reads as what it does at call sites."""
-        return cls(learners, engine=engine, chunk_bytes=chunk_bytes)
+        return cls(learners, engine=engine, chunk_bytes=chunk_bytes, device=device)
 
     @property
     def engine(self) -> Literal["stacked", "vmap"]:
         return "stacked" if isinstance(self.net, _StackedNet) else "vmap"
+
+    def _model_bytes(self) -> int:
+        """Bytes of one model's state (a job holds a few: start, result, messages)."""
+        itemsize = {
+            name: torch.empty(0, dtype=dtype).element_size()
+            for name, (_, dtype) in self._state_spec.items()
+        }
+        return 4 * sum(
+            math.prod(shape) * itemsize[name] for name, (shape, _) in self._state_spec.items()
+        )
 
     @property
     def pending(self) -> int:
@@ -432,11 +518,19 @@ class BatchedPool:
         return self._samplers[peer].batch_size
 
     def submit(self, peer: int, params: Params, steps: int) -> Ticket:
+        if len(self._pending) >= self.max_pending:
+            self.flush()  # bounds the models held by jobs waiting to run
         ticket = next(self._tickets)
         self._results.pop(self._latest.get(peer, 0), None)
         self._latest[peer] = ticket
-        self._pending.append(_Job(ticket, peer, params, steps))
+        wave = self._wave_of.get(self._peer_last.get(peer, 0), -1) + 1
+        if isinstance(params, DeferredParams):
+            for needed in params.waits_for():
+                wave = max(wave, self._wave_of.get(needed, -1) + 1)
+        self._pending.append(_Job(ticket, peer, params, steps, wave))
         self._pending_peer[ticket] = peer
+        self._peer_last[peer] = ticket
+        self._wave_of[ticket] = wave
         return ticket
 
     def set_data(self, peer: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -447,8 +541,8 @@ class BatchedPool:
             raise ValueError(f"peer {peer}: new data must keep its {size} samples")
         self.flush()
         with torch.no_grad():
-            self._x[offset : offset + size] = self.net.prepare(x.float())
-        self._y[offset : offset + size] = y.long()
+            self._x[offset : offset + size] = self.net.prepare(x.float().to(self.device))
+        self._y[offset : offset + size] = y.long().to(self.device)
 
     def result(self, ticket: Ticket) -> Params | None:
         peer = self._pending_peer.get(ticket)
@@ -464,7 +558,9 @@ class BatchedPool:
         peer = self._pending_peer.get(ticket)
         if peer is None or self._latest[peer] != ticket:
             return None
-        deferred = DeferredParams(functools.partial(self._run_for, ticket), self._result_spec)
+        deferred = DeferredParams(
+            functools.partial(self._run_for, ticket), self._result_spec, ticket=ticket
+        )
         self._claimed[ticket] = deferred
         return deferred
 
@@ -480,27 +576,26 @@ class BatchedPool:
     def flush(self) -> None:
         """Run every pending job now, each peer's jobs in submit order.
 
-        A job's start params may be the DeferredParams of an earlier job of its peer (a
-        deferred merge of it, say): that job ran in an earlier wave, so they fill from
-        its result.
+        A job's start params may be DeferredParams that need other pending jobs' results
+        (its own peer's last result, a deferred merge of it with models other peers sent):
+        those jobs run in earlier waves, so the params fill from their results.
         """
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         self._pending_peer.clear()
+        self._peer_last.clear()
+        self._wave_of.clear()
         self.flushes += 1
         self.jobs_run += len(pending)
-        waves: list[list[_Job]] = []
-        seen: Counter[int] = Counter()
+        waves: list[list[_Job]] = [[] for _ in range(1 + max(job.wave for job in pending))]
         for job in pending:
-            if seen[job.peer] == len(waves):
-                waves.append([])
-            waves[seen[job.peer]].append(job)
-            seen[job.peer] += 1
+            waves[job.wave].append(job)
         self._flushing = True
         try:
-            for wave in waves:
-                self._run_wave(wave)
+            with torch.enable_grad():  # a read under no_grad (an evaluation) may flush
+                for wave in waves:
+                    self._run_wave(wave)
         finally:
             self._flushing = False
 
@@ -519,13 +614,15 @@ class BatchedPool:
 
     def _run_chunk(self, jobs: list[_Job], batch: int, sgd: _Sgd) -> None:
         """Train ``jobs`` (distinct peers, sorted by steps, longest first) together."""
-        peers = torch.tensor([job.peer for job in jobs])
+        device = self.device
+        peers = torch.tensor([job.peer for job in jobs], device=device)
         state = {
-            name: torch.from_numpy(np.stack([job.params[name] for job in jobs])).to(dtype)
+            name: torch.from_numpy(np.stack([job.params[name] for job in jobs])).to(device, dtype)
             for name, (_, dtype) in self._state_spec.items()
         }
         momentum = {name: buf[peers] for name, buf in self._momentum.items() if sgd.momentum}
         index, weight, padded = self._batches(jobs, batch)
+        index, weight = index.to(device), weight.to(device)
         buffer_names = [name for name in state if name not in self._trainable]
         active = np.searchsorted(-np.array([job.steps for job in jobs]), -np.arange(len(index)))
         for s, k in enumerate(active.tolist()):  # jobs[:k] have more than s steps
@@ -547,11 +644,12 @@ class BatchedPool:
                 )
         for name, buf in momentum.items():
             self._momentum[name][peers] = buf
+        host = {name: t.cpu().numpy() for name, t in state.items()}
         for i, job in enumerate(jobs):
             claimed = self._claimed.pop(job.ticket, None)
             if claimed is None and self._latest[job.peer] != job.ticket:
                 continue  # abandoned: the peer's sampler and momentum advanced only
-            trained = {name: t[i].numpy().copy() for name, t in state.items()}
+            trained = {name: t[i].copy() for name, t in host.items()}
             if claimed is None:
                 self._results[job.ticket] = trained
             else:
@@ -687,8 +785,10 @@ class StackedEvaluator(Evaluator):
         *,
         batch_size: int = 256,
         chunk_bytes: int = 8 * DEFAULT_CHUNK_BYTES,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(model, x, y)
+        self.device = torch.device(device)
         self.net = _StackedNet.compile(model)
         self.batch_size = batch_size
         self.names = list(model.state_dict())
@@ -696,7 +796,8 @@ class StackedEvaluator(Evaluator):
         sample_bytes = 4 * _activation_floats(model, x)
         self.per_chunk = max(1, chunk_bytes // (min(batch_size, len(x)) * sample_bytes))
         with torch.no_grad():
-            self._data = None if self.net is None else self.net.prepare(x.float())
+            self._data = None if self.net is None else self.net.prepare(x.float().to(self.device))
+        self._labels = y.to(self.device)
 
     @torch.no_grad()
     def accuracies(self, models: Sequence[Params]) -> list[float]:
@@ -710,7 +811,7 @@ class StackedEvaluator(Evaluator):
 
     def _chunk(self, net: _StackedNet, data: Tensor, models: Sequence[Params]) -> list[float]:
         state = {
-            name: torch.from_numpy(np.stack([np.asarray(m[name]) for m in models]))
+            name: torch.from_numpy(np.stack([np.asarray(m[name]) for m in models])).to(self.device)
             for name in self.names
         }
         step = _Step(
@@ -719,9 +820,11 @@ class StackedEvaluator(Evaluator):
             None,
             training=False,
         )
-        correct = torch.zeros(len(models), dtype=torch.long)
+        correct = torch.zeros(len(models), dtype=torch.long, device=self.device)
         for start in range(0, len(self.y), self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, len(self.y)))
-            logits = net.logits(step, net.gather(data, rows.expand(len(models), -1)))
-            correct += (logits.argmax(dim=-1) == self.y[rows]).sum(dim=1)
+            rows = torch.arange(
+                start, min(start + self.batch_size, len(self.y)), device=self.device
+            )
+            logits = net.shared_logits(step, data, rows)
+            correct += (logits.argmax(dim=-1) == self._labels[rows]).sum(dim=1)
         return (correct.double() / len(self.y)).tolist()

@@ -39,12 +39,26 @@ class DeferredParams(Params):
     needs to size a message.
     """
 
-    __slots__ = ("_source", "spec")
+    __slots__ = ("_source", "inputs", "spec", "ticket")
 
-    def __init__(self, source: Callable[[], Params], spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        source: Callable[[], Params],
+        spec: ModelSpec,
+        *,
+        inputs: Sequence[Params] = (),
+        ticket: Ticket | None = None,
+    ) -> None:
         super().__init__()
         self._source: Callable[[], Params] | None = source
         self.spec = spec
+        #: The deferred values ``source`` reads (kept until filled, so that a pool can
+        #: order jobs that start from this value after the jobs it waits for).
+        self.inputs: tuple[DeferredParams, ...] = tuple(
+            p for p in inputs if isinstance(p, DeferredParams) and not p.ready
+        )
+        #: The training job whose result this is (None: computed from ``inputs``).
+        self.ticket = ticket
 
     @property
     def ready(self) -> bool:
@@ -62,7 +76,24 @@ class DeferredParams(Params):
     def provide(self, values: Params) -> None:
         """Set the values (the source is dropped with what it holds)."""
         self._source = None
+        self.inputs = ()
         dict.update(self, values)
+
+    def waits_for(self) -> set[Ticket]:
+        """The training jobs whose results this value needs, while it is not filled."""
+        tickets: set[Ticket] = set()
+        stack: list[DeferredParams] = [self]
+        seen: set[int] = set()
+        while stack:
+            value = stack.pop()
+            if value.ready or id(value) in seen:
+                continue
+            seen.add(id(value))
+            if value.ticket is not None:
+                tickets.add(value.ticket)
+            else:
+                stack.extend(value.inputs)
+        return tickets
 
     def __copy__(self) -> Params:
         return self.copy()
@@ -149,7 +180,8 @@ Merge = Callable[[Params, Sequence[Params]], Params]
 
 
 def deferring(merge: Merge) -> Merge:
-    """``merge``, run when its result is first read if the own model is not computed yet.
+    """``merge``, run when its result is first read if one of its inputs (the own model, or a
+    received one whose decoding waits) is not computed yet.
 
     The merged model then goes on unread into the peer's next training job, so a pool that
     defers (see :class:`DeferredParams`) keeps collecting jobs. Merge rules are pure
@@ -157,9 +189,12 @@ def deferring(merge: Merge) -> Merge:
     """
 
     def merge_when_read(own: Params, received: Sequence[Params]) -> Params:
-        if isinstance(own, DeferredParams) and not own.ready:
-            models = list(received)  # the caller clears its buffer after the call
-            return DeferredParams(functools.partial(merge, own, models), own.spec)
-        return merge(own, received)
+        models = list(received)  # the caller clears its buffer after the call
+        waiting = [p for p in (own, *models) if isinstance(p, DeferredParams) and not p.ready]
+        if waiting:
+            return DeferredParams(
+                functools.partial(merge, own, models), waiting[0].spec, inputs=waiting
+            )
+        return merge(own, models)
 
     return merge_when_read

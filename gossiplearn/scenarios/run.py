@@ -53,6 +53,7 @@ from gossiplearn.protocols.modest_messages import Activity
 from gossiplearn.protocols.registry import CoreSpec, build_core
 from gossiplearn.results import plot_accuracy, run_title, write_metrics, write_summary
 from gossiplearn.scenarios.keys import attacker_core, run_keys
+from gossiplearn.scenarios.late import LateRejection
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
 from gossiplearn.scenarios.recorder import MetricsLine, RoundRecorder
 from gossiplearn.scenarios.simulator import Simulator
@@ -302,7 +303,9 @@ def _evaluator(
         )
     model = build_model(config.model, data.input_shape, data.num_classes, seed=0)
     if config.engine == "batched":  # scores many reported models at once
-        return StackedEvaluator(model, torch.from_numpy(x), torch.from_numpy(y))
+        return StackedEvaluator(
+            model, torch.from_numpy(x), torch.from_numpy(y), device=_device(config)
+        )
     return Evaluator(model, torch.from_numpy(x), torch.from_numpy(y))
 
 
@@ -357,6 +360,24 @@ def _link_factory(config: RunConfig, spec: ModelSpec) -> Callable[[PeerId], Mode
 _LINK_STREAM = 0x11C0
 
 
+def _device(config: RunConfig) -> torch.device:
+    """The torch device ``--device`` names, checked to exist here."""
+    try:
+        device = torch.device(config.device)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(
+            f"device: {config.device!r} is not a torch device ({error}): use cpu, cuda, "
+            "cuda:N, mps ..."
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {config.device!r}: torch finds no CUDA GPU on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {config.device!r}: torch finds no MPS device here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {config.device!r}: this machine has no such GPU")
+    return device
+
+
 def _check_fits(peers: int, data: Dataset) -> None:
     rows = len(data.train_y)
     if peers > rows:
@@ -369,8 +390,30 @@ def _check_fits(peers: int, data: Dataset) -> None:
 def simulate(
     config: RunConfig, on_metrics: Callable[[MetricsLine], None] | None = None
 ) -> RunResult:
-    """Run one simulation to completion and return its summary and metrics lines."""
+    """Run one simulation to completion and return its summary and metrics lines.
+
+    The batched engine decodes messages late (see :mod:`gossiplearn.scenarios.late`); if a
+    message decoded late turns out to be one its receiver would have rejected (a model
+    that diverged to non-finite values), the run is repeated with messages decoded on
+    arrival, so that it gives what the sequential engine gives.
+    """
     started = time.perf_counter()
+    try:
+        return _simulate(config, on_metrics, started, late_decoding=True)
+    except LateRejection as error:
+        logging.getLogger("gossiplearn.simulate").warning(
+            "%s: running again with every message decoded on arrival", error
+        )
+        return _simulate(config, on_metrics, started, late_decoding=False)
+
+
+def _simulate(
+    config: RunConfig,
+    on_metrics: Callable[[MetricsLine], None] | None,
+    started: float,
+    *,
+    late_decoding: bool,
+) -> RunResult:
     torch.set_num_threads(config.threads)
     if config.engine == "batched" and config.compression_spec.enabled:
         logging.getLogger("gossiplearn.simulate").warning(
@@ -404,6 +447,12 @@ def simulate(
     if transfer is not None:
         transfer.featurize(learners)
     config = _runnable_engine(config, learners[0])
+    if config.engine == "batched":
+        _device(config)  # a bad device is a usage error, found before the run starts
+    elif config.device != "cpu":
+        logging.getLogger("gossiplearn.simulate").warning(
+            "--device %s: the sequential engine trains on the cpu", config.device
+        )
     cores = _cores(config, graph, learners, streams)
     if adversary is not None:
         _arm(config, adversary, graph, learners, streams, cores)
@@ -422,7 +471,11 @@ def simulate(
         emit=on_metrics or (lambda line: None),
         extra=attack_measures(adversary, meter, cores) if adversary else None,
     )
-    pool = BatchedPool(learners) if config.engine == "batched" else SequentialPool(learners)
+    pool = (
+        BatchedPool(learners, device=_device(config))
+        if config.engine == "batched"
+        else SequentialPool(learners)
+    )
     simulator = Simulator(
         network,
         spec_of(learners[0].params()),
@@ -430,6 +483,7 @@ def simulate(
         max_message_bytes=int(config.max_message_mb * 2**20),
         on_round=recorder.on_round,
         loss_rng=streams.loss,
+        late_decoding=late_decoding and config.engine == "batched",
     )
     if config.compression_spec.enabled:
         simulator.link_factory = _link_factory(config, simulator.spec)

@@ -2,8 +2,11 @@
 
 A heap of timestamped events (ties broken by insertion order) is the only clock. Every
 message goes through the real wire codec: the bytes counted are the bytes a peer would
-send, and a message a peer would reject is rejected here too. Training runs when it is
-asked for and its result is delivered after the simulated compute time.
+send, and a message a peer would reject is rejected here too. With ``late_decoding`` a
+model not trained yet is encoded and decoded when its content is first read
+(:mod:`gossiplearn.scenarios.late`), so that deliveries do not force training to run.
+Training runs when it is asked for and its result is delivered after the simulated compute
+time.
 
 Peers may crash, recover, leave or join while it runs, and the network may split into
 groups (see :mod:`gossiplearn.scenarios.timeline`): a crashed or departed peer processes
@@ -53,6 +56,7 @@ from gossiplearn.protocols.events import (
 )
 from gossiplearn.protocols.feedback import ModelLink
 from gossiplearn.protocols.messages import Message, ModelMessage, ModelSpec
+from gossiplearn.scenarios.late import LateEncoding, late_model_message
 from gossiplearn.scenarios.network import NetworkModel
 from gossiplearn.types import Params, PeerId
 
@@ -70,34 +74,12 @@ class _TrainingFinished:
     token: int
 
 
-class _LateEncoding:
-    """A model message whose params are not computed yet: encoded at its first delivery.
-
-    Its size is known at send time from the model's spec, which is all the network model
-    needs; reading the params then would force the training pool to run early.
-    """
-
-    def __init__(self, message: ModelMessage, size: int) -> None:
-        self.message: ModelMessage | None = message
-        self.size = size
-        self._payload = b""
-
-    def payload(self) -> bytes:
-        if self.message is not None:
-            self._payload, self.message = encode(self.message), None
-            if len(self._payload) != self.size:
-                raise RuntimeError(
-                    f"message encoded to {len(self._payload)} bytes, not {self.size}"
-                )
-        return self._payload
-
-
 @dataclass(frozen=True)
 class _Delivery:
     """Encoded bytes arriving at a peer; decoded (and maybe rejected) on arrival."""
 
     sender: PeerId
-    payload: bytes | _LateEncoding = field(repr=False)
+    payload: bytes | LateEncoding = field(repr=False)
 
 
 _Internal = _TrainingFinished | _Delivery
@@ -136,8 +118,12 @@ class Simulator:
         on_round: RoundCallback,
         on_log: Callable[[PeerId, Log], None] | None = None,
         loss_rng: np.random.Generator | None = None,
+        late_decoding: bool = False,
     ) -> None:
         self.network = network
+        #: Hand a model whose sender's training has not run yet to its receiver undecoded:
+        #: it is decoded when its content is first read (see scenarios.late).
+        self.late_decoding = late_decoding
         self.spec = spec
         self.pool = pool
         self.max_message_bytes = max_message_bytes
@@ -266,8 +252,12 @@ class Simulator:
         """Decode and hand over a message; None if it is rejected."""
         try:
             payload = delivery.payload
-            data = payload if isinstance(payload, bytes) else payload.payload()
-            decoded = decode_message(data, self.spec, max_bytes=self.max_message_bytes)
+            decoded: Message | None = None
+            if self.late_decoding and isinstance(payload, LateEncoding):
+                decoded = late_model_message(payload, self.spec, self.max_message_bytes)
+            if decoded is None:
+                data = payload if isinstance(payload, bytes) else payload.payload()
+                decoded = decode_message(data, self.spec, max_bytes=self.max_message_bytes)
             message, reply = (
                 (decoded, None)
                 if peer.link is None
@@ -290,11 +280,11 @@ class Simulator:
 
     def _apply(self, peer_id: PeerId, peer: SimPeer, effects: Sequence[Effect | AnyEffect]) -> None:
         # One encoding per message object, shared by its sends.
-        encoded: dict[int, tuple[bytes | _LateEncoding, int]] = {}
+        encoded: dict[int, tuple[bytes | LateEncoding, int]] = {}
         for effect in effects:
             match effect:
                 case Send(to=to, message=message, via=via):
-                    payload: bytes | _LateEncoding
+                    payload: bytes | LateEncoding
                     if peer.link is not None:  # compressed for this receiver: its own bytes
                         payload = encode(peer.link.outgoing(to, message, via))
                         size = len(payload)
@@ -329,12 +319,12 @@ class Simulator:
                     self.on_log(peer_id, effect)
 
 
-def _encoding(message: Message) -> tuple[bytes | _LateEncoding, int]:
+def _encoding(message: Message) -> tuple[bytes | LateEncoding, int]:
     """The message's payload (or its late encoding) and its size in bytes."""
     if isinstance(message, ModelMessage):
         params = message.params
         if isinstance(params, DeferredParams) and not params.ready:
             size = encoded_model_size(message.round, message.samples, params.spec)
-            return _LateEncoding(message, size), size
+            return LateEncoding(message, size), size
     payload = encode(message)
     return payload, len(payload)
