@@ -497,7 +497,13 @@ class RunConfig(LearningConfig):
 
 #: Training rows of each known dataset: every peer needs at least one, so a run has at most
 #: this many peers. Checked before anything is sized by the number of peers.
-TRAIN_ROWS = {"digits": 1438, "fashion-mnist": 60_000, "mnist": 60_000, "shakespeare": 123_400}
+TRAIN_ROWS = {
+    "digits": 1438,
+    "fashion-mnist": 60_000,
+    "mnist": 60_000,
+    "mnist-5k": 4_000,
+    "shakespeare": 123_400,
+}
 #: No run has more peers than this, whatever the dataset: a topology alone would outgrow
 #: memory long before a run of them could finish.
 MAX_PEERS = 100_000
