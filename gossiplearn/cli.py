@@ -187,6 +187,12 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--sample-fraction", type=float, help="fedavg: fraction of peers per round (default 1)")
     add(
+        "--dpsgd-graph",
+        help="dpsgd: neighbours (every neighbour of --topology each round, default) or "
+        "one-peer-exp (one peer of the exponential graph a round, hops 1, 2, 4, ...; "
+        "with --topology exponential)",
+    )
+    add(
         "--engine",
         choices=["auto", "sequential", "batched"],
         help="train peers one after another (default) or all pending jobs together; auto: "
