@@ -17,8 +17,8 @@ Sections (``--only`` picks some, comma-separated):
 - ``gossipy``: gossipy's benchmark configuration (100 peers, random 8-regular,
   Fashion-MNIST, MLP, push to one neighbour, merge one model 50/50, one local epoch of
   batch 32 at lr 0.1, 100 rounds), IID and shards:2, and on shards:2 the variants that may
-  explain a gap to gossipy's 0.434: no momentum (gossipy's SGD has none), no self-centred
-  clipping (gossipy has none), and merging without waiting for the buffer.
+  explain a gap to gossipy's 0.434: no momentum (gossipy's SGD has none) and no
+  self-centred clipping of received models (gossipy has none).
 - ``sybilwall``, ``bristle``: rows marked "not run", with the reason.
 
     python benchmarks/claims.py             # the full measurement (see the README)
@@ -286,7 +286,9 @@ def gossipy_section(runner: Runner, quick: bool, rounds_: int | None) -> list[Ro
         lr=0.1,
         eval_samples=1000,
         eval_every=5 if not quick else 2,
-        engine="batched",
+        # The batched engine failed here on 100 peers (a deferred merge trained inside the
+        # evaluation's no-grad context: "element 0 of tensors does not require grad").
+        engine="batched" if quick else "sequential",
         seed=0,
     )
     variants: dict[str, dict[str, Any]] = {"as specified": {}}
@@ -295,11 +297,6 @@ def gossipy_section(runner: Runner, quick: bool, rounds_: int | None) -> list[Ro
             "momentum 0": {"momentum": 0.0},
             "no clipping": {"clip": False},
             "momentum 0, no clipping": {"momentum": 0.0, "clip": False},
-            "momentum 0, no clipping, no wait": {
-                "momentum": 0.0,
-                "clip": False,
-                "wait_for_buffer": False,
-            },
         }
     else:
         variants |= {"momentum 0, no clipping": {"momentum": 0.0, "clip": False}}
@@ -329,6 +326,16 @@ def gossipy_section(runner: Runner, quick: bool, rounds_: int | None) -> list[Ro
 # --------------------------------------------------------------------------- not run
 
 NOT_RUN: dict[str, Row] = {
+    "modest-crash": {
+        "section": "modest",
+        "claim": "MoDeST keeps learning when 80% of the nodes crash",
+        "paper": "keeps learning with 80% unresponsive",
+        "ours": "not run here: benchmarks/modest.py measures it (100 peers, 80% crash at "
+        "round 25 of 50: final 0.783 against 0.758 without the crash)",
+        "verdict": "holds (benchmarks/modest.py)",
+        "ratio": None,
+        "runs": [],
+    },
     "sybilwall": {
         "section": "sybilwall",
         "claim": "SybilWall: consistent accuracy under label flipping and the corner backdoor, "
@@ -435,7 +442,7 @@ def main() -> int:
     runner = Runner(RESULTS / f"{name}.json", args.resume, console)
     builders: dict[str, Callable[[], list[Row]]] = {
         "vc": lambda: vc_section(runner, args.quick, datasets),
-        "modest": lambda: modest_section(runner, args.quick),
+        "modest": lambda: [*modest_section(runner, args.quick), NOT_RUN["modest-crash"]],
         "gossipy": lambda: gossipy_section(runner, args.quick, args.gossipy_rounds),
         "sybilwall": lambda: [NOT_RUN["sybilwall"]],
         "bristle": lambda: [NOT_RUN["bristle"]],
