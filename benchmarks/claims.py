@@ -124,7 +124,8 @@ def not_run(section: str, claim: str, paper: str, missing: MissingRun) -> Row:
         "section": section,
         "claim": claim,
         "paper": paper,
-        "ours": f"not run: {missing} did not finish within this measurement's time",
+        "ours": f"not run: {missing} is not in the results file (see the README for "
+        "which runs this measurement includes)",
         "verdict": "not run",
         "ratio": None,
         "runs": [],
