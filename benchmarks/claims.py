@@ -22,7 +22,7 @@ Sections (``--only`` picks some, comma-separated):
 - ``sybilwall``, ``bristle``: rows marked "not run", with the reason.
 
     python benchmarks/claims.py             # the full measurement (see the README)
-    python benchmarks/claims.py --quick     # scaled down, a few minutes
+    python benchmarks/claims.py --quick     # scaled down, about 3 minutes on 2 free cores
     python benchmarks/claims.py --resume    # skip runs already in the results file
     python benchmarks/claims.py --table-only  # tabulate what the results file holds
 
@@ -156,7 +156,7 @@ def vc_section(
     runner: Runner, quick: bool, datasets: list[str], partitions: list[str]
 ) -> list[Row]:
     rows: list[Row] = []
-    peers, rounds = (16, 10) if quick else (50, 30)
+    peers, rounds = (12, 6) if quick else (50, 30)
     base: dict[str, Any] = dict(
         peers=peers,
         rounds=rounds,
@@ -231,7 +231,7 @@ def vc_section(
 
 def modest_section(runner: Runner, quick: bool) -> list[Row]:
     rows: list[Row] = []
-    peers, rounds = (16, 10) if quick else (64, 40)
+    peers, rounds = (16, 8) if quick else (64, 40)
     base: dict[str, Any] = dict(
         peers=peers,
         rounds=rounds,
@@ -305,7 +305,7 @@ GOSSIPY = {"iid": 0.822, "shards:2": 0.434}
 
 def gossipy_section(runner: Runner, quick: bool, rounds_: int | None) -> list[Row]:
     rows: list[Row] = []
-    peers, rounds = (30, 20) if quick else (100, 100)
+    peers, rounds = (20, 10) if quick else (100, 100)
     rounds = rounds_ or rounds
     base: dict[str, Any] = dict(
         peers=peers,
