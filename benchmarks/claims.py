@@ -22,7 +22,7 @@ Sections (``--only`` picks some, comma-separated):
 - ``sybilwall``, ``bristle``: rows marked "not run", with the reason.
 
     python benchmarks/claims.py             # the full measurement (see the README)
-    python benchmarks/claims.py --quick     # scaled down, about 3 minutes on 2 free cores
+    python benchmarks/claims.py --quick     # scaled down, about 5 minutes
     python benchmarks/claims.py --resume    # skip runs already in the results file
     python benchmarks/claims.py --table-only  # tabulate what the results file holds
 
