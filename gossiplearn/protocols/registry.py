@@ -57,6 +57,9 @@ class CoreSpec:
     #: D-PSGD: each neighbour's mixing weight (the neighbours themselves); None on a real
     #: peer, whose neighbours come and go: max-degree weights over ``neighbour_cap``.
     weights: Mapping[PeerId, float] | None = None
+    #: D-PSGD on the one-peer exponential graph: the number of peers (ids 0..n-1) whose
+    #: schedule this peer follows; None: every neighbour each round.
+    one_peer_exp: int | None = None
     #: A real peer's most neighbours (D-PSGD's max-degree weights: 1 / (1 + cap) each).
     neighbour_cap: int | None = None
     #: Bristle: the peer's own (featurised) training data, to draw its validation set from.
@@ -84,7 +87,10 @@ def _gossip(spec: CoreSpec) -> GossipCore:
 def _dpsgd(spec: CoreSpec) -> DPSGDCore:
     config = DPSGDConfig(spec.rounds, spec.steps, spec.settings.merge_timeout, spec.samples)
     if spec.weights is not None:  # the simulator: fixed neighbours, Metropolis–Hastings
-        return DPSGDCore(config, spec.weights, spec.params)
+        one_peer = (int(spec.peer), spec.one_peer_exp) if spec.one_peer_exp else None
+        return DPSGDCore(config, spec.weights, spec.params, one_peer=one_peer)
+    if spec.one_peer_exp is not None:
+        raise ValueError("dpsgd: the one-peer exponential graph needs fixed peer ids 0..n-1")
     if spec.neighbour_cap is None:
         raise ValueError("dpsgd: a peer needs its neighbours' weights or a neighbour cap")
     return DPSGDCore.dynamic(config, spec.neighbour_cap, spec.params, round=spec.round)

@@ -178,6 +178,7 @@ def _core(
         merge=merge,
         weigh=weigh,
         weights=weights,
+        one_peer_exp=config.peers if config.dpsgd_graph == "one-peer-exp" else None,
         data=(learner.x.numpy(), learner.y.numpy()) if name == "bristle" else None,
         view=view,
         joining=joining,

@@ -1,0 +1,75 @@
+"""benchmarks/claims.py: its bookkeeping (targets, resume, section names), without runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "claims.py"
+
+
+@pytest.fixture(scope="module")
+def claims() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("claims_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_with(accuracies: list[float]) -> dict[str, Any]:
+    metrics = [
+        {"round": i + 1, "mean_accuracy": a, "bytes_sent": 100 * (i + 1), "time": float(i)}
+        for i, a in enumerate(accuracies)
+    ]
+    return {"name": "x", "metrics": metrics}
+
+
+def test_rounds_to_target_and_best(claims: ModuleType) -> None:
+    run = run_with([0.1, 0.5, 0.7, 0.65])
+    assert claims.rounds_to(run, 0.6) == 3
+    assert claims.rounds_to(run, 0.8) is None
+    assert claims.best(run) == 0.7
+
+
+def test_resume_reuses_a_run_with_the_same_name_and_settings(
+    claims: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_simulate(config: Any) -> SimpleNamespace:
+        calls.append(config)
+        summary = {"mean_accuracy": 0.5, "bytes_sent": 10, "messages_sent": 1}
+        metrics = [{"round": 1, "mean_accuracy": 0.5, "bytes_sent": 10, "time": 1.0}]
+        return SimpleNamespace(summary=summary, metrics=metrics)
+
+    monkeypatch.setattr(claims, "simulate", fake_simulate)
+    monkeypatch.setattr(claims, "make_config", lambda **values: values)
+    path = tmp_path / "claims.json"
+    console = Console(quiet=True)
+    settings = {"peers": 4, "rounds": 1}
+    claims.Runner(path, False, console)("a", settings)
+    claims.Runner(path, False, console)("b", settings)  # kept beside "a" in the file
+    assert {r["name"] for r in json.loads(path.read_text())["runs"]} == {"a", "b"}
+    runner = claims.Runner(path, True, console)
+    runner("a", settings)
+    assert len(calls) == 2  # "a" came from the file
+    runner("a", settings | {"rounds": 2})  # other settings: run again
+    assert len(calls) == 3
+
+
+def test_unknown_section_is_a_usage_error(
+    claims: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["claims.py", "--only", "vc,nope"])
+    with pytest.raises(SystemExit) as info:
+        claims.main()
+    assert info.value.code == 2
+    assert "nope" in capsys.readouterr().err
