@@ -44,7 +44,8 @@ from gossiplearn.protocols.compression import (
     Compression,
     Packed,
     SpecError,
-    decode_vector,
+    Step,
+    decode_step,
     parse_compression,
 )
 from gossiplearn.protocols.messages import Message, ModelSpec
@@ -91,7 +92,12 @@ class CompressedModel:
     seq: int
     packed: Packed = field(repr=False)
     #: The decoded difference (set by the decoder; the sender leaves it None).
-    difference: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+    step: Step | None = field(default=None, repr=False)
+
+    @property
+    def difference(self) -> npt.NDArray[np.float32] | None:
+        """The decoded difference as a dense vector (None on the sender's side)."""
+        return None if self.step is None else self.step.dense()
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,8 @@ def rebuild(message: CompressedModel, vector: npt.NDArray[np.float32], spec: Mod
         for name in float_tensors(spec):
             dtype, shape = spec[name]
             size = math.prod(shape)
-            array = vector[offset : offset + size].astype(dtype)
+            # one copy: the bytes (astype copies only for a dtype other than float32)
+            array = vector[offset : offset + size].astype(dtype, copy=False)
             offset += size
             tensors.append([name, dtype, list(shape), array.tobytes()])
         return message_from_fields(obj, spec, allowed=CARRIED_TYPES)
@@ -167,11 +174,11 @@ def _from(fields: dict[str, Any], spec: ModelSpec) -> CompressedModel:
     count = wire_int(fields["count"], "count")
     kept = wire_int(fields["kept"], "kept")
     packed = Packed(count, kept, bitmap, fields["indices"], fields["values"], fields["scales"])
-    difference = decode_vector(packed, codec, vector_size(spec))
-    if seq == 0 and difference.size and packed.kept < packed.count:
+    step = decode_step(packed, codec, vector_size(spec))
+    if seq == 0 and step.count and packed.kept < packed.count:
         raise MalformedMessage("compressed model: a full model (seq 0) must not be sparse")
     _check_inner(fields["inner"])
-    return CompressedModel(fields["inner"], codec, stream, seq, packed, difference)
+    return CompressedModel(fields["inner"], codec, stream, seq, packed, step)
 
 
 def _check_inner(inner: bytes) -> None:

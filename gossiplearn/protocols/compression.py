@@ -140,44 +140,135 @@ class Packed:
     scales: bytes
 
 
+# eq=False: holds arrays
+@dataclass(frozen=True, eq=False)
+class Step:
+    """A decoded vector of ``count`` entries: ``values`` at the sorted positions ``at``
+    and zeros elsewhere, or all ``count`` values where ``at`` is None."""
+
+    count: int
+    at: npt.NDArray[np.int64] | None
+    values: Vector
+
+    def dense(self) -> Vector:
+        if self.at is None:
+            return self.values
+        dense = np.zeros(self.count, dtype=np.float32)
+        dense[self.at] = self.values
+        return dense
+
+
+# eq=False: holds arrays
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A sender's view of one compressed vector: the wire form, and what the receiver
+    decodes from it, bit for bit (finite, checked as :func:`decode_vector` checks it)."""
+
+    packed: Packed
+    step: Step
+
+
 def encode_vector(
     vector: Vector, compression: Compression, rng: np.random.Generator, *, sparse: bool = True
 ) -> Packed:
     """Compress ``vector`` (float32, finite); ``sparse=False`` skips the sparsifier (a full
     model must arrive whole)."""
+    return encode_and_decode(vector, compression, rng, sparse=sparse).packed
+
+
+def encode_and_decode(
+    vector: Vector, compression: Compression, rng: np.random.Generator, *, sparse: bool = True
+) -> Encoded:
+    """:func:`encode_vector`, and the kept values as :func:`decode_vector` will decode them
+    at the receiver (the same float32 operations on the same numbers, without parsing the
+    bytes back); MalformedMessage where the receiver would find them not finite."""
     count = int(vector.size)
     kept_at: npt.NDArray[np.int64] | None = None
+    bits: npt.NDArray[np.bool_] | None = None
     if sparse and compression.sparsifier is not None and compression.fraction < 1.0:
         k = max(1, math.ceil(compression.fraction * count)) if count else 0
         if k < count:
             if compression.sparsifier == "topk":
-                kept_at = np.argpartition(np.abs(vector), count - k)[count - k :]
+                kept_at, bits = top_k(vector, k)
             else:
-                kept_at = rng.choice(count, size=k, replace=False)
-            kept_at = np.sort(kept_at)
+                kept_at = np.sort(rng.choice(count, size=k, replace=False))
     kept = vector if kept_at is None else vector[kept_at]
-    values, scales = _encode_values(np.ascontiguousarray(kept, dtype=np.float32), compression)
+    values, scales, decoded, finite = _encode_values(
+        np.ascontiguousarray(kept, dtype=np.float32), compression
+    )
+    if not finite and not np.isfinite(decoded).all():
+        raise MalformedMessage("compressed model holds NaN or Inf values")
     bitmap = False
     indices = b""
     if kept_at is not None:
-        as_list = kept_at.astype("<u4").tobytes()
-        bits = np.zeros(count, dtype=bool)
-        bits[kept_at] = True
-        as_bits = np.packbits(bits, bitorder="little").tobytes()
-        bitmap = len(as_bits) < len(as_list)
-        indices = as_bits if bitmap else as_list
+        # a bitmap of ceil(count / 8) bytes, or a list of 4 bytes per kept entry: the smaller
+        bitmap = math.ceil(count / 8) < 4 * kept_at.size
+        if not bitmap:
+            indices = kept_at.astype("<u4").tobytes()
+        else:
+            if bits is None:
+                bits = np.zeros(count, dtype=bool)
+                bits[kept_at] = True
+            indices = np.packbits(bits, bitorder="little").tobytes()
     packed = Packed(count, int(kept.size), bitmap, indices, values, scales)
     if compression.lossless == "zlib":
         packed = Packed(
             packed.count, packed.kept, packed.bitmap,
             _deflate(packed.indices), _deflate(packed.values), _deflate(packed.scales),
         )  # fmt: skip
-    return packed
+    return Encoded(packed, Step(count, kept_at, decoded))
+
+
+#: top_k looks at every TOP_K_SAMPLE-th magnitude first, to narrow the search.
+TOP_K_SAMPLE = 16
+
+
+def top_k(vector: Vector, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]:
+    """The sorted positions of the ``k`` entries of ``vector`` largest in magnitude (``0 <
+    k < vector.size``), and the same as a mask of ``vector.size`` booleans (None on the
+    slow path).
+
+    Ties: of the entries whose magnitude equals the ``k``-th largest, the lowest positions
+    are taken, so the choice is the same on every machine (only the sender chooses; the
+    positions travel). Without ties at that magnitude the set is the only top-``k`` one.
+
+    How: a sample (every TOP_K_SAMPLE-th magnitude) gives a bound a little below the
+    ``k``-th largest magnitude; one comparison marks the candidates at or above it, and
+    if there are at least ``k`` of them (else the bound was too high: all entries are
+    candidates), a value-only partition of the candidates finds the ``k``-th largest
+    magnitude exactly. The sample only decides how much work that is, never the result:
+    a fraction of an index partition and a sort."""
+    count = vector.size
+    magnitude = np.abs(vector)
+    sample = magnitude[::TOP_K_SAMPLE]
+    rank = min(sample.size, math.ceil(sample.size * k / count * 1.2) + 16)
+    bound = np.partition(sample, sample.size - rank)[sample.size - rank]
+    keep = magnitude >= bound
+    at = np.flatnonzero(keep)
+    if at.size < k:  # the bound was too high (or NaN): every entry is a candidate
+        keep[:] = True
+        at = np.arange(count, dtype=np.int64)
+    candidates = magnitude[at]
+    threshold = np.partition(candidates, at.size - k)[at.size - k]
+    chosen = candidates >= threshold
+    extra = int(np.count_nonzero(chosen)) - k
+    if extra < 0:  # NaN (never in a finite vector): rank as an index partition ranks
+        return np.sort(np.argpartition(magnitude, count - k)[count - k :]), None
+    if extra > 0:  # ties at the threshold: keep the lowest positions among them
+        tied = np.flatnonzero(candidates == threshold)
+        chosen[tied[tied.size - extra :]] = False
+    keep[at[~chosen]] = False
+    return at[chosen], keep
 
 
 def decode_vector(packed: Packed, compression: Compression, count: int) -> Vector:
     """The dense float32 vector of ``count`` entries ``packed`` stands for (zeros where
     nothing was sent); MalformedMessage for anything inconsistent or non-finite."""
+    return decode_step(packed, compression, count).dense()
+
+
+def decode_step(packed: Packed, compression: Compression, count: int) -> Step:
+    """:func:`decode_vector` before it is made dense: the values sent and where."""
     if packed.count != count:
         raise MalformedMessage(f"compressed model has {packed.count} entries, expected {count}")
     kept = packed.kept
@@ -201,15 +292,32 @@ def decode_vector(packed: Packed, compression: Compression, count: int) -> Vecto
             raise MalformedMessage(
                 f"compressed model: {len(data)} bytes of {what}, expected {size}"
             )
-    decoded = _decode_values(values, scales, compression, kept)
-    if not np.isfinite(decoded).all():
+    decoded, finite = _decode_values(values, scales, compression, kept)
+    if not finite and not np.isfinite(decoded).all():
         raise MalformedMessage("compressed model holds NaN or Inf values")
     if not sparse:
-        return decoded
-    at = _positions(indices, packed.bitmap, kept, count)
-    dense = np.zeros(count, dtype=np.float32)
-    dense[at] = decoded
-    return dense
+        return Step(count, None, decoded)
+    return Step(count, _positions(indices, packed.bitmap, kept, count), decoded)
+
+
+def add_step(reference: Vector, step: Step, signed_zeros: bool = True) -> Vector:
+    """``reference + step.dense()``, bit for bit, in place in ``reference``: where nothing
+    was sent ``x + 0.0`` (which turns -0.0 into 0.0), where something was ``x + value``.
+    Sender and receiver both update their copy of a shared reference with it.
+
+    ``signed_zeros`` False (the caller knows ``reference`` holds no -0.0, where ``x + 0.0``
+    is ``x``) skips that pass over the entries not sent. int8 never decodes to -0.0
+    (``min + code * step`` with ``code * step >= +0``, and a sum of zeros is -0.0 only if
+    both are), so a reference last updated by an int8 step holds none."""
+    if step.at is None:
+        np.add(reference, step.values, out=reference)
+        return reference
+    sent = reference[step.at]
+    sent += step.values
+    if signed_zeros:
+        reference += np.float32(0.0)
+    reference[step.at] = sent
+    return reference
 
 
 def _positions(indices: bytes, bitmap: bool, kept: int, count: int) -> npt.NDArray[np.int64]:
@@ -217,39 +325,53 @@ def _positions(indices: bytes, bitmap: bool, kept: int, count: int) -> npt.NDArr
         bits = np.unpackbits(np.frombuffer(indices, dtype=np.uint8), bitorder="little")
         if bits[count:].any():
             raise MalformedMessage("compressed model: index bitmap has bits past the end")
-        at = np.flatnonzero(bits[:count])
-        if at.size != kept:
+        marked = np.count_nonzero(bits)
+        if marked != kept:
             raise MalformedMessage(
-                f"compressed model: index bitmap marks {at.size} entries, expected {kept}"
+                f"compressed model: index bitmap marks {marked} entries, expected {kept}"
             )
-        return at
+        # the 0/1 bytes as booleans: the same positions, found faster than in uint8
+        return np.flatnonzero(bits[:count].view(np.bool_))
     at = np.frombuffer(indices, dtype="<u4").astype(np.int64)
     if at.size and (at[-1] >= count or (np.diff(at) <= 0).any()):
         raise MalformedMessage("compressed model: indices not sorted, unique and in range")
     return at
 
 
-def _encode_values(kept: Vector, compression: Compression) -> tuple[bytes, bytes]:
+def _encode_values(kept: Vector, compression: Compression) -> tuple[bytes, bytes, Vector, bool]:
+    """(values, scales, the values as the receiver decodes them, whether those are known
+    to be finite without looking at each)."""
     match compression.values:
         case "float16":
-            return np.clip(kept, -_F16_MAX, _F16_MAX).astype("<f2").tobytes(), b""
+            half = np.clip(kept, -_F16_MAX, _F16_MAX).astype("<f2")
+            return half.tobytes(), b"", half.astype(np.float32), False
         case "bfloat16":
-            return _to_bfloat16(kept).tobytes(), b""
+            top = _to_bfloat16(kept)
+            return top.tobytes(), b"", _from_bfloat16(top), False
         case "int8":
             return _quantise_int8(kept)
-    return kept.astype("<f4").tobytes(), b""
+    wire = kept.astype("<f4")
+    return wire.tobytes(), b"", wire.astype(np.float32, copy=False), False
 
 
-def _decode_values(values: bytes, scales: bytes, compression: Compression, kept: int) -> Vector:
+def _decode_values(
+    values: bytes, scales: bytes, compression: Compression, kept: int
+) -> tuple[Vector, bool]:
+    """The decoded values, and whether they are known to be finite without a full check."""
     match compression.values:
         case "float16":
-            return np.frombuffer(values, dtype="<f2").astype(np.float32)
+            return np.frombuffer(values, dtype="<f2").astype(np.float32), False
         case "bfloat16":
-            bits = np.frombuffer(values, dtype="<u2").astype(np.uint32) << 16
-            return bits.view(np.float32)
+            return _from_bfloat16(np.frombuffer(values, dtype="<u2")), False
         case "int8":
-            return _dequantise_int8(values, scales, kept)
-    return np.frombuffer(values, dtype="<f4").astype(np.float32)
+            return _dequantise_int8_checked(values, scales, kept)
+    return np.frombuffer(values, dtype="<f4").astype(np.float32), False
+
+
+def _from_bfloat16(top: npt.NDArray[np.uint16]) -> Vector:
+    bits = top.astype(np.uint32) << 16
+    out: Vector = bits.view(np.float32)
+    return out
 
 
 def _to_bfloat16(values: Vector) -> npt.NDArray[np.uint16]:
@@ -269,35 +391,91 @@ def _to_bfloat16(values: Vector) -> npt.NDArray[np.uint16]:
     return top.astype("<u2")
 
 
-def _quantise_int8(values: Vector) -> tuple[bytes, bytes]:
+def _blocks(flat: Vector) -> list[Vector]:
+    """``flat`` as (blocks, INT8_BLOCK) views: the full blocks, then the partial last one
+    (as a row of its own); no copy, no padding."""
+    full = flat.size // INT8_BLOCK * INT8_BLOCK
+    grids = [flat[:full].reshape(-1, INT8_BLOCK)] if full else []
+    if full < flat.size:
+        grids.append(flat[full:].reshape(1, -1))
+    return grids
+
+
+def _quantise_int8(values: Vector) -> tuple[bytes, bytes, Vector, bool]:
+    """Codes ``rint((v - min) / step)`` clipped to [0, 255] per block of INT8_BLOCK, with
+    ``step = (max - min) / 255`` in float64 rounded to float32 (1 where it is 0); and the
+    values the receiver decodes, ``min + code * step`` (see :func:`_dequantise_int8`).
+
+    Block by block on views, in place: a partial last block is its own row (the padding
+    by its last value that an (n, INT8_BLOCK) grid would need does not change its minimum
+    or maximum, and its codes are dropped)."""
     blocks = math.ceil(values.size / INT8_BLOCK)
-    padded = np.zeros(blocks * INT8_BLOCK, dtype=np.float32)
-    padded[: values.size] = values
-    if values.size:  # pad with the last value so padding does not widen a block's range
-        padded[values.size :] = values[-1]
-    grid = padded.reshape(blocks, INT8_BLOCK)
-    low = grid.min(axis=1)
-    step = ((grid.max(axis=1).astype(np.float64) - low) / 255.0).astype(np.float32)
-    safe = np.where(step > 0, step, 1.0).astype(np.float32)
-    q = np.rint((grid - low[:, None]) / safe[:, None])
-    codes = np.clip(q, 0, 255).astype(np.uint8).reshape(-1)[: values.size]
+    low = np.empty(blocks, dtype=np.float32)
+    step = np.empty(blocks, dtype=np.float32)
+    work = np.empty(values.size, dtype=np.float32)
+    row = 0
+    for grid, out in zip(_blocks(values), _blocks(work), strict=True):
+        rows = slice(row, row + grid.shape[0])
+        row += grid.shape[0]
+        minimum = grid.min(axis=1)
+        maximum = grid.max(axis=1)
+        low[rows] = minimum
+        step[rows] = (maximum.astype(np.float64) - minimum) / 255.0
+        safe = np.where(step[rows] > 0, step[rows], np.float32(1.0)).astype(np.float32)
+        np.subtract(grid, minimum[:, None], out=out)
+        np.divide(out, safe[:, None], out=out)
+        np.rint(out, out=out)
+        # float32 rounding is monotonic: a block's largest code is its maximum's, and none
+        # is below 0, so the clip to [0, 255] changes nothing unless that one is over 255
+        with np.errstate(over="ignore", invalid="ignore"):
+            largest = np.rint((maximum - minimum) / safe)
+        if not (largest <= 255).all():
+            np.clip(out, 0, 255, out=out)
+    codes = work.astype(np.uint8).tobytes()
     pairs = np.stack([low, step], axis=1).astype("<f4")
-    return codes.tobytes(), pairs.tobytes()
+    # the receiver's float32(code) is exactly this float32 code: decode it in place
+    _scale_blocks(work, low, step)
+    return codes, pairs.tobytes(), work, _int8_finite(low, step)
 
 
 def _dequantise_int8(values: bytes, scales: bytes, kept: int) -> Vector:
+    return _dequantise_int8_checked(values, scales, kept)[0]
+
+
+def _dequantise_int8_checked(values: bytes, scales: bytes, kept: int) -> tuple[Vector, bool]:
+    """``minimum + code * step`` per block, and whether all are known finite (from one
+    bound per block, :func:`_int8_finite`)."""
     pairs = np.frombuffer(scales, dtype="<f4").reshape(-1, 2)
     if not np.isfinite(pairs).all() or (pairs[:, 1] < 0).any():
         raise MalformedMessage("compressed model: int8 block scales not finite and >= 0")
-    # block by block (a reshape, not a gather by index): the same float32 operations,
-    # minimum + code * step, an order of magnitude faster
-    blocks = math.ceil(kept / INT8_BLOCK)
-    flat = np.zeros(blocks * INT8_BLOCK, dtype=np.float32)
-    flat[:kept] = np.frombuffer(values, dtype=np.uint8)
-    grid = flat.reshape(blocks, INT8_BLOCK)
-    decoded = pairs[:blocks, 0:1] + grid * pairs[:blocks, 1:2]
-    out: Vector = decoded.reshape(-1)[:kept].astype(np.float32, copy=False)
-    return out
+    # block by block (a reshape, not a gather by index), in place: the same float32
+    # operations, minimum + code * step
+    decoded: Vector = np.frombuffer(values, dtype=np.uint8).astype(np.float32)
+    low = np.ascontiguousarray(pairs[:, 0], dtype=np.float32)
+    step = np.ascontiguousarray(pairs[:, 1], dtype=np.float32)
+    _scale_blocks(decoded, low, step)
+    return decoded, _int8_finite(low, step)
+
+
+def _scale_blocks(codes: Vector, low: Vector, step: Vector) -> None:
+    """``codes`` (float32) := ``low + codes * step`` per block, in place: a product, then
+    a sum, each rounded to float32 (no fused multiply-add), on sender and receiver alike."""
+    row = 0
+    for grid in _blocks(codes):
+        rows = slice(row, row + grid.shape[0])
+        row += grid.shape[0]
+        np.multiply(grid, step[rows, None], out=grid)
+        np.add(grid, low[rows, None], out=grid)
+
+
+def _int8_finite(low: Vector, step: Vector) -> bool:
+    """Whether every ``low + code * step`` (code 0..255) is finite, from one bound per
+    block: float32 rounding is monotonic, so with ``step >= 0`` each lies in
+    [low, low + 255 * step]."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = np.multiply(step, np.float32(255.0))
+        bound += low
+    return bool(np.isfinite(bound).all() and np.isfinite(low).all() and (step >= 0).all())
 
 
 def _deflate(data: bytes) -> bytes:

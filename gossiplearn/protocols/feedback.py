@@ -52,7 +52,7 @@ from gossiplearn.protocols.compressed_messages import (
     rebuild,
     vector_size,
 )
-from gossiplearn.protocols.compression import Compression, decode_vector, encode_vector
+from gossiplearn.protocols.compression import Compression, add_step, encode_and_decode
 from gossiplearn.protocols.messages import Message, ModelSpec
 from gossiplearn.types import PeerId
 
@@ -67,6 +67,8 @@ class _Reference:
     stream: int
     seq: int
     vector: Vector
+    #: Known to hold no -0.0 (last updated by an int8 step): see :func:`add_step`.
+    clean: bool = False
 
 
 class ModelLink:
@@ -112,23 +114,26 @@ class ModelLink:
         params = getattr(message, "params")  # noqa: B009 -- every carried type has params
         floats = set(self._floats)
         fields["tensors"] = [t for t in fields["tensors"] if t[0] not in floats]
-        vector = self._flatten(params)
         inner = msgpack.packb(fields, use_bin_type=True)
         key = (via, to)
         with self._lock:
             ref = self.sent.pop(key, None)
             if ref is None:
                 stream, seq = int(self.rng.integers(1, MAX_STREAM)), 0
-                difference = vector
                 self.fulls += 1
             else:
                 stream, seq = ref.stream, ref.seq + 1
-                difference = vector - ref.vector
-            packed = encode_vector(difference, self.compression, self.rng, sparse=ref is not None)
-            # What the receiver will add: decoded exactly as it decodes it.
-            step = decode_vector(packed, self.compression, vector.size)
-            rebuilt = step if ref is None else ref.vector + step
-            self.sent[key] = _Reference(stream, seq, rebuilt)
+            # the model, or its difference from the reference, flattened in one pass
+            vector = self._flatten(params, None if ref is None else ref.vector)
+            encoded = encode_and_decode(vector, self.compression, self.rng, sparse=ref is not None)
+            packed = encoded.packed
+            # What the receiver will hold: the values it decodes, added as it adds them.
+            if ref is None:
+                rebuilt = encoded.step.dense()
+            else:
+                rebuilt = add_step(ref.vector, encoded.step, not ref.clean)
+            clean = self.compression.values == "int8"
+            self.sent[key] = _Reference(stream, seq, rebuilt, clean)
             _trim(self.sent, self.max_peers)
         return CompressedModel(inner, self.compression, stream, seq, packed)
 
@@ -142,20 +147,24 @@ class ModelLink:
             return None, None
         if not isinstance(message, CompressedModel):
             return message, None
-        assert message.difference is not None  # set by the decoder
+        step = message.step
+        assert step is not None  # set by the decoder
         with self._lock:
             ref = self.held.pop(sender, None)
             if message.seq == 0:
-                vector = message.difference.copy()
+                vector = step.dense().copy()
             elif ref is not None and ref.stream == message.stream and ref.seq == message.seq - 1:
-                vector = ref.vector + message.difference
+                # in place: the reference was taken out of the table, and goes back only
+                # if the sum is finite
+                vector = add_step(ref.vector, step, not ref.clean)
             else:
                 self.missing += 1
                 return None, ReferenceMissing(message.stream)
             if not np.isfinite(vector).all():  # a sum can overflow: the stream is broken
                 self.missing += 1
                 return None, ReferenceMissing(message.stream)
-            self.held[sender] = _Reference(message.stream, message.seq, vector)
+            clean = message.codec.values == "int8"
+            self.held[sender] = _Reference(message.stream, message.seq, vector, clean)
             _trim(self.held, self.max_peers)
         return rebuild(message, vector, self.spec), None
 
@@ -164,12 +173,24 @@ class ModelLink:
         with self._lock:
             self.sent.pop((via, to), None)
 
-    def _flatten(self, params: object) -> Vector:
+    def _flatten(self, params: object, reference: Vector | None = None) -> Vector:
+        """The floating-point tensors as one new float32 vector, less ``reference`` if
+        given (each tensor cast to float32 first, then the float32 difference)."""
         assert isinstance(params, dict)
         parts = [np.asarray(params[name], dtype=np.float32).reshape(-1) for name in self._floats]
-        if not parts:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        size = sum(part.size for part in parts)
+        if reference is not None and reference.size != size:
+            raise ValueError(f"model of {size} values, reference of {reference.size}")
+        vector = np.empty(size, dtype=np.float32)
+        offset = 0
+        for part in parts:
+            end = offset + part.size
+            if reference is None:
+                vector[offset:end] = part
+            else:
+                np.subtract(part, reference[offset:end], out=vector[offset:end])
+            offset = end
+        return vector
 
 
 def _trim(table: OrderedDict[Any, _Reference], cap: int) -> None:
