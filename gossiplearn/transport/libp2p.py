@@ -24,7 +24,9 @@ drops the mplex fallback; ``ConnectionConfig(max_connections_per_peer=1)`` ends
 ``Swarm.dial_peer`` as soon as one connection is up instead of waiting 250 ms
 (happy eyeballs); ``host.run(listen_addrs)`` logs a failed listen instead of raising; the
 swarm's AutoConnector dials every peer in the peerstore (disabled here); yamux's reading
-task writes control frames itself (deadlock, fixed by :class:`_Yamux`); a yamux
+task writes control frames itself (deadlock, fixed by :class:`_Yamux`); yamux buffers
+a DATA frame beyond its stream's receive window with only a warning, appending it to
+``Yamux.stream_buffers[stream_id]`` (flow control enforced by :class:`_Yamux`); a yamux
 ``stream.read(n)`` returns at most what is buffered; ``read_exactly`` is never used.
 For speed (see the README's transport section): Noise carries at most
 ``MAX_PLAINTEXT_LENGTH`` (65519) bytes a message, so writes are cut to yamux frames that
@@ -348,7 +350,9 @@ class Libp2pTransport:
     Refusals are counted by reason (:meth:`rejected_counts`: ``TooManyStreams``,
     ``TooManyFrames``, ``ReadersBusy``, ``RateLimited``, ``BufferFull``,
     ``FrameDeadline``, ``SlowFrameEvicted``, ``StreamIdle``, ``FrameTooLarge``,
-    ``CorruptFrame``); a sender refused for load gets
+    ``CorruptFrame``, and ``WindowExceeded``: a connection closed because its peer sent
+    beyond a yamux receive window, opened too many streams or left too many control
+    frames unread); a sender refused for load gets
     :class:`~gossiplearn.transport.base.ReceiverBusy`, so it can tell busy from broken.
     """
 
@@ -699,7 +703,12 @@ class Libp2pTransport:
             addrs_factory=self._addresses_to_tell,
         )
         _disable_auto_dial(host)
-        _use_fixed_yamux(host, read_ahead=self._channel.read_ahead)
+        _use_fixed_yamux(
+            host,
+            read_ahead=self._channel.read_ahead,
+            refused=self._refuse_peer,
+            own_windows=self._channel.frame_window,
+        )
         self._host = host
         for protocol in list(self._handlers):
             self._register_protocol(protocol)
@@ -1087,6 +1096,11 @@ class Libp2pTransport:
                 pass
         await _reset(stream)
 
+    def _refuse_peer(self, peer: ID, reason: str) -> None:
+        """In the trio thread: a peer broke yamux flow control; its connection is closed."""
+        self.limits.reject("WindowExceeded")
+        log.warning("closed the connection of %s: it %s", peer.to_base58(), reason)
+
     def _listen_text(self) -> str:
         return ", ".join(str(address) for address in self._listen)
 
@@ -1116,9 +1130,16 @@ def _tcp_addresses(addresses: list[str]) -> list[multiaddr.Multiaddr]:
 # ---- helpers (trio thread) -------------------------------------------------------------------
 
 
-def _use_fixed_yamux(host: IHost, read_ahead: bool = True) -> None:
-    """Make every yamux connection of ``host`` a :class:`_Yamux` and, with
-    ``read_ahead``, its TCP stream a :class:`_ReadAheadTCPStream`.
+def _use_fixed_yamux(
+    host: IHost,
+    read_ahead: bool = True,
+    refused: Callable[[ID, str], None] | None = None,
+    own_windows: bool = True,
+) -> None:
+    """Make every yamux connection of ``host`` a :class:`_Yamux` (``refused`` is told of
+    each one closed for breaking flow control; with ``own_windows`` its inbound streams
+    are :class:`_YamuxStream` from their first frame) and, with ``read_ahead``, its TCP
+    stream a :class:`_ReadAheadTCPStream`.
 
     ``MuxerMultistream.new_conn`` in 0.8.1 builds ``Yamux`` itself whatever class
     ``muxer_opt`` names, so the new connection's class is switched right after it is
@@ -1134,6 +1155,8 @@ def _use_fixed_yamux(host: IHost, read_ahead: bool = True) -> None:
         muxed = await build(conn, peer_id)
         if type(muxed) is Yamux:
             muxed.__class__ = _Yamux
+            assert isinstance(muxed, _Yamux)
+            muxed._guard(refused, own_windows)
         if read_ahead:
             _read_ahead(conn)
         return muxed
@@ -1205,10 +1228,64 @@ class _Yamux(Yamux):
     concurrent 2 MB sends each way on one connection). Here those control frames are
     queued to a writer task of their own, so the reading task always keeps reading and
     the other side's writes always drain. The frames on the wire are unchanged.
+
+    Flow control is enforced (:meth:`_guard`). Upstream, a DATA frame beyond its stream's
+    receive window only logs a warning and is buffered all the same, as is data on a
+    stream already reset or half-closed by the peer, and a peer may open any number of
+    streams, each buffering a window before anyone reads it: memory a hostile peer fills
+    outside the transport's shared byte budget. Here a frame longer than every window of
+    the connection is refused before its body is read, a frame beyond its stream's window
+    before it is buffered, and so is a stream beyond :data:`_MAX_INBOUND_STREAMS`: the
+    connection is closed at once, every byte it buffered freed, and the transport told
+    once. Data on a stream that is closed or reset is dropped (an honest sender may have
+    it in flight when our reset leaves), its window still charged. The queue of control
+    frames holds at most :data:`_MAX_CONTROL_FRAMES` (a peer that pings but never reads
+    the pongs breaks the connection too).
     """
 
     _reader_task: trio.lowlevel.Task | None = None
     _control: trio.MemorySendChannel[bytes] | None = None
+    #: Told (peer, what it did) of a connection closed for breaking flow control.
+    _refused: Callable[[ID, str], None] | None = None
+    #: What the peer did, once it broke flow control.
+    _broken: str | None = None
+    #: Inbound streams are :class:`_YamuxStream` from their first frame: upstream's
+    #: tuning doubles a window on every read within 4 RTTs, so the few bytes read while
+    #: a stream's protocol is negotiated would grant its peer up to 16 MiB.
+    _own_windows = False
+
+    def _guard(self, refused: Callable[[ID, str], None] | None, own_windows: bool) -> None:
+        """Check every byte and stream the peer makes this connection hold (called
+        before it starts): upstream buffers and tracks them in these two dicts only.
+        Another layout (another libp2p version) is left unguarded, and said so."""
+        if not (type(self.stream_buffers) is dict and type(self.streams) is dict):
+            log.warning("cannot enforce yamux flow control: libp2p internals changed")
+            return
+        self._refused = refused
+        self._own_windows = own_windows
+        self.stream_buffers = _StreamBuffers(self, self.stream_buffers)
+        self.streams = _Streams(self, self.streams)
+
+    def _break(self, reason: str) -> None:
+        """The peer broke flow control: free what its streams buffer and stop reading
+        (the reading task ends after the frame at hand; :meth:`handle_incoming` closes)."""
+        if self._broken is None:
+            self._broken = reason
+        self.event_shutting_down.set()
+        for buffer in self.stream_buffers.values():
+            buffer.clear()
+
+    async def _read_data_body(self, length: int) -> bytes:
+        # before the body is read: a frame no stream of this connection has room for (a
+        # new stream gets yamux's initial window) is never read into memory
+        widest = max((stream.recv_window for stream in self.streams.values()), default=0)
+        if length > max(widest, YAMUX_DEFAULT_WINDOW):
+            self._break(
+                f"sent a yamux frame of {length} bytes, more than any of its streams' "
+                f"receive windows allows ({max(widest, YAMUX_DEFAULT_WINDOW)} bytes)"
+            )
+            raise _FlowControlBroken(self._broken or "")
+        return await super()._read_data_body(length)
 
     async def handle_incoming(self) -> None:
         send, receive = trio.open_memory_channel[bytes](math.inf)
@@ -1221,10 +1298,19 @@ class _Yamux(Yamux):
         finally:
             self._control = None
             send.close()
+        if self._broken is not None:
+            if self._refused is not None:
+                self._refused(self.peer_id, self._broken)
+            if not self.event_closed.is_set():  # upstream has not closed it already
+                await self._cleanup_on_error()
 
     async def _write_frame(self, data: bytes) -> None:
         control = self._control
         if control is not None and trio.lowlevel.current_task() is self._reader_task:
+            if control.statistics().current_buffer_used >= _MAX_CONTROL_FRAMES:
+                # a peer that sends pings or opens streams but never reads the answers
+                self._break(f"left {_MAX_CONTROL_FRAMES} yamux control frames unread")
+                return
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 control.send_nowait(data)
             return
@@ -1237,6 +1323,84 @@ class _Yamux(Yamux):
                     await super()._write_frame(frame)
                 except Exception:  # the connection is gone; the reader will notice
                     return
+
+
+#: Inbound yamux streams one connection may hold open at once. Each may buffer a receive
+#: window (256 KiB until the frame reader admits its frame) before a handler reads it; an
+#: honest peer has at most ``max_inbound_per_peer`` (default 32) message streams open and
+#: a few of libp2p's own (identify, ping, the DHT).
+_MAX_INBOUND_STREAMS = 128
+#: Control frames (ACKs, pongs, RSTs) a :class:`_Yamux` connection queues while its peer
+#: does not read: an honest peer never leaves more than an ACK per stream and a pong.
+_MAX_CONTROL_FRAMES = 1024
+
+
+class _FlowControlBroken(Exception):
+    """The peer sent more than a yamux receive window allows (ends the reading task)."""
+
+
+class _Streams(dict[int, YamuxStream]):
+    """A :class:`_Yamux` connection's streams: a peer opening more than
+    :data:`_MAX_INBOUND_STREAMS` at once breaks the connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: _Yamux, streams: dict[int, YamuxStream]) -> None:
+        super().__init__(streams)
+        self._conn = conn
+
+    def __setitem__(self, stream_id: int, stream: YamuxStream) -> None:
+        if not stream.is_initiator and stream_id not in self:
+            if self._conn._own_windows and type(stream) is YamuxStream:
+                stream.__class__ = _YamuxStream
+            opened = sum(1 for s in self.values() if not s.is_initiator and not s.closed)
+            if opened >= _MAX_INBOUND_STREAMS:
+                self._conn._break(f"opened more than {_MAX_INBOUND_STREAMS} yamux streams")
+        super().__setitem__(stream_id, stream)
+
+
+class _StreamBuffers(dict[int, bytearray]):
+    """A :class:`_Yamux` connection's receive buffers, each a :class:`_StreamBuffer`."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: _Yamux, buffers: dict[int, bytearray]) -> None:
+        super().__init__()
+        self._conn = conn
+        for stream_id, buffer in buffers.items():
+            self[stream_id] = buffer
+
+    def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
+        checked = _StreamBuffer(buffer)
+        checked.conn, checked.stream_id = self._conn, stream_id
+        super().__setitem__(stream_id, checked)
+
+
+class _StreamBuffer(bytearray):
+    """One stream's receive buffer: upstream's reading task appends every DATA frame's
+    payload with ``extend`` (then takes it off the stream's ``recv_window``)."""
+
+    __slots__ = ("conn", "stream_id")
+    conn: _Yamux
+    stream_id: int
+
+    def extend(self, data: Any) -> None:
+        conn = self.conn
+        stream = conn.streams.get(self.stream_id)
+        if conn._broken is not None:
+            return
+        if stream is None:  # upstream buffers only for streams it knows
+            super().extend(data)
+            return
+        if len(data) > stream.recv_window:
+            conn._break(
+                f"sent {len(data)} bytes on a yamux stream whose receive window had "
+                f"{stream.recv_window} left"
+            )
+            return
+        if stream.closed or stream.recv_closed:  # nobody reads it any more
+            return
+        super().extend(data)
 
 
 def _own_window(stream: INetStream) -> None:
@@ -1444,7 +1608,13 @@ async def _write_shielded(
 
 
 async def _reset(stream: INetStream) -> None:
-    """Reset ``stream``, ignoring errors; shielded (it writes a frame)."""
+    """Reset ``stream``, ignoring errors; shielded (it writes a frame). What its yamux
+    half buffered is freed now: nobody reads it (upstream keeps it for 60 s)."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if isinstance(muxed, YamuxStream):
+        buffer = muxed.conn.stream_buffers.get(muxed.stream_id)
+        if buffer is not None:
+            buffer.clear()
     with (
         trio.CancelScope(shield=True),
         trio.move_on_after(_ANSWER_TIMEOUT),
@@ -1454,7 +1624,15 @@ async def _reset(stream: INetStream) -> None:
 
 
 async def _close(stream: INetStream) -> None:
-    """Close ``stream``, ignoring errors; shielded (it writes a frame)."""
+    """Close ``stream``, ignoring errors; shielded (it writes a frame). We read nothing
+    after closing: its yamux half is closed for reading too (as go-yamux's CloseRead),
+    so what it buffered is freed now and what the peer still sends is dropped."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if isinstance(muxed, YamuxStream):
+        buffer = muxed.conn.stream_buffers.get(muxed.stream_id)
+        if buffer is not None:
+            buffer.clear()
+        muxed.recv_closed = True
     with (
         trio.CancelScope(shield=True),
         trio.move_on_after(_ANSWER_TIMEOUT),
