@@ -22,6 +22,9 @@ from gossiplearn.learning.pool import DeferredParams, SequentialPool, deferring
 from gossiplearn.learning.trainer import Learner
 from gossiplearn.protocols.codec import encode, encoded_model_size
 from gossiplearn.protocols.messages import ModelMessage, spec_of
+from gossiplearn.scenarios.late import LateEncoding, LateRejection, late_model_message
+from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
+from gossiplearn.scenarios.simulator import Simulator
 from gossiplearn.types import Params
 
 # ------------------------------------------------------- per-tensor references, as in a loop
@@ -357,3 +360,26 @@ def test_a_model_rejected_when_decoded_late_reruns_the_run_decoding_on_arrival(
     actual = simulate(make_config(**config, engine="batched"))
     assert "decoded on arrival" in caplog.text
     assert {k: actual.summary[k] for k in SAME} == {k: expected.summary[k] for k in SAME}
+
+
+def test_a_late_model_no_peer_read_is_decoded_when_the_run_ends() -> None:
+    # A model its receiver would reject on arrival (non-finite), handed over undecoded and
+    # never read afterwards: the end of the run still decodes it, and finds it.
+    values = {"w": np.array([1.0, np.nan, 3.0], dtype=np.float32)}
+    spec = spec_of(values)
+    message = ModelMessage(1, DeferredParams(lambda: values, spec), 10)
+    sent = LateEncoding(message, encoded_model_size(1, 10, spec))
+    simulator = Simulator(
+        NetworkModel(NetworkSettings(), np.random.default_rng(0)),
+        spec,
+        SequentialPool([]),
+        max_message_bytes=2**20,
+        on_round=lambda *_: None,
+        late_decoding=True,
+    )
+    received = late_model_message(sent, spec, max_bytes=2**20)
+    assert received is not None
+    simulator._remember_late(received)
+    with pytest.raises(LateRejection, match="rejected"):
+        simulator.decode_late()
+    simulator.decode_late()  # once decoded, forgotten

@@ -87,6 +87,39 @@ def test_too_many_inbound_streams_break_the_connection_but_our_own_do_not() -> N
     assert muxed._broken is not None and "streams" in muxed._broken
 
 
+def test_streams_a_peer_resets_while_they_hold_bytes_still_count() -> None:
+    # SYN with a window of data, then RST: upstream keeps such a stream and its buffer
+    # for a minute or more, so a peer repeating it must run into the stream limit
+    async def main() -> _Yamux:
+        muxed = _guarded()
+        for i in range(_MAX_INBOUND_STREAMS + 1):
+            stream = _inbound(muxed, 2 * i + 2)
+            if muxed._broken is not None:
+                break
+            muxed.stream_buffers[2 * i + 2].extend(b"x" * DEFAULT_WINDOW_SIZE)
+            stream.recv_window -= DEFAULT_WINDOW_SIZE
+            stream.closed = stream.reset_received = True  # the peer's RST
+            muxed._finalize_stream_locked(stream, fully_closed=True)  # upstream keeps it
+        return muxed
+
+    muxed = trio.run(main)
+    assert muxed._broken is not None and "streams" in muxed._broken
+    assert sum(map(len, muxed.stream_buffers.values())) == 0
+
+
+def test_bytes_buffered_over_all_streams_are_capped() -> None:
+    muxed = _guarded()
+    muxed._max_buffered = 3 * DEFAULT_WINDOW_SIZE
+    for sid in (2, 4, 6):
+        _inbound(muxed, sid)
+        muxed.stream_buffers[sid].extend(b"x" * DEFAULT_WINDOW_SIZE)
+    assert muxed._broken is None
+    _inbound(muxed, 8)
+    muxed.stream_buffers[8].extend(b"x")
+    assert muxed._broken is not None and "more than" in muxed._broken
+    assert sum(map(len, muxed.stream_buffers.values())) == 0
+
+
 def test_control_frames_a_peer_leaves_unread_are_bounded() -> None:
     async def main() -> _Yamux:
         muxed = _guarded()

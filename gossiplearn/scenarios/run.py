@@ -515,6 +515,7 @@ def _simulate(
     simulator.start_all()
     simulator.run(until=config.duration or math.inf)
     recorder.flush()
+    simulator.decode_late()  # after the last report, which it must not change
 
     final = recorder.lines[-1] if recorder.lines else {}
     summary = {

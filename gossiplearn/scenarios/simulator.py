@@ -124,6 +124,9 @@ class Simulator:
         #: Hand a model whose sender's training has not run yet to its receiver undecoded:
         #: it is decoded when its content is first read (see scenarios.late).
         self.late_decoding = late_decoding
+        #: Models handed over undecoded, perhaps not read yet (see :meth:`decode_late`).
+        self._late: list[DeferredParams] = []
+        self._late_pruned = 0
         self.spec = spec
         self.pool = pool
         self.max_message_bytes = max_message_bytes
@@ -248,6 +251,21 @@ class Simulator:
     def all_finished(self) -> bool:
         return all(p.finished or not p.core.reports_rounds for p in self.peers.values())
 
+    def decode_late(self) -> None:
+        """Decode every model handed over undecoded that no peer has read yet, so that one
+        its receiver would have rejected is found (LateRejection) even if its content was
+        never used."""
+        late, self._late = self._late, []
+        for params in late:
+            params.fill()
+
+    def _remember_late(self, message: Message) -> None:
+        if isinstance(message, ModelMessage) and isinstance(message.params, DeferredParams):
+            self._late.append(message.params)
+            if len(self._late) > 2 * self._late_pruned + 256:  # forget those decoded since
+                self._late = [params for params in self._late if not params.ready]
+                self._late_pruned = len(self._late)
+
     def _deliver(self, peer: SimPeer, delivery: _Delivery) -> Sequence[Effect | AnyEffect] | None:
         """Decode and hand over a message; None if it is rejected."""
         try:
@@ -255,6 +273,8 @@ class Simulator:
             decoded: Message | None = None
             if self.late_decoding and isinstance(payload, LateEncoding):
                 decoded = late_model_message(payload, self.spec, self.max_message_bytes)
+                if decoded is not None:
+                    self._remember_late(decoded)
             if decoded is None:
                 data = payload if isinstance(payload, bytes) else payload.payload()
                 decoded = decode_message(data, self.spec, max_bytes=self.max_message_bytes)

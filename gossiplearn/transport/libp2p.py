@@ -708,6 +708,7 @@ class Libp2pTransport:
             read_ahead=self._channel.read_ahead,
             refused=self._refuse_peer,
             own_windows=self._channel.frame_window,
+            max_buffered=_max_buffered(self.max_reading_per_peer),
         )
         self._host = host
         for protocol in list(self._handlers):
@@ -1135,11 +1136,13 @@ def _use_fixed_yamux(
     read_ahead: bool = True,
     refused: Callable[[ID, str], None] | None = None,
     own_windows: bool = True,
+    max_buffered: int = 0,
 ) -> None:
     """Make every yamux connection of ``host`` a :class:`_Yamux` (``refused`` is told of
     each one closed for breaking flow control; with ``own_windows`` its inbound streams
-    are :class:`_YamuxStream` from their first frame) and, with ``read_ahead``, its TCP
-    stream a :class:`_ReadAheadTCPStream`.
+    are :class:`_YamuxStream` from their first frame, and it buffers at most
+    ``max_buffered`` bytes) and, with ``read_ahead``, its TCP stream a
+    :class:`_ReadAheadTCPStream`.
 
     ``MuxerMultistream.new_conn`` in 0.8.1 builds ``Yamux`` itself whatever class
     ``muxer_opt`` names, so the new connection's class is switched right after it is
@@ -1156,7 +1159,7 @@ def _use_fixed_yamux(
         if type(muxed) is Yamux:
             muxed.__class__ = _Yamux
             assert isinstance(muxed, _Yamux)
-            muxed._guard(refused, own_windows)
+            muxed._guard(refused, own_windows, max_buffered if own_windows else 0)
         if read_ahead:
             _read_ahead(conn)
         return muxed
@@ -1235,12 +1238,14 @@ class _Yamux(Yamux):
     streams, each buffering a window before anyone reads it: memory a hostile peer fills
     outside the transport's shared byte budget. Here a frame longer than every window of
     the connection is refused before its body is read, a frame beyond its stream's window
-    before it is buffered, and so is a stream beyond :data:`_MAX_INBOUND_STREAMS`: the
-    connection is closed at once, every byte it buffered freed, and the transport told
-    once. Data on a stream that is closed or reset is dropped (an honest sender may have
-    it in flight when our reset leaves), its window still charged. The queue of control
-    frames holds at most :data:`_MAX_CONTROL_FRAMES` (a peer that pings but never reads
-    the pongs breaks the connection too).
+    before it is buffered, and so is a stream beyond :data:`_MAX_INBOUND_STREAMS` (one the
+    peer closed or reset counts while it holds bytes: upstream keeps it a minute or more)
+    and a byte beyond what an honest peer can make the connection hold
+    (:func:`_max_buffered`): the connection is closed at once, every byte it buffered
+    freed, and the transport told once. Data on a stream that is closed or reset is
+    dropped (an honest sender may have it in flight when our reset leaves), its window
+    still charged. The queue of control frames holds at most :data:`_MAX_CONTROL_FRAMES`
+    (a peer that pings but never reads the pongs breaks the connection too).
     """
 
     _reader_task: trio.lowlevel.Task | None = None
@@ -1253,8 +1258,15 @@ class _Yamux(Yamux):
     #: tuning doubles a window on every read within 4 RTTs, so the few bytes read while
     #: a stream's protocol is negotiated would grant its peer up to 16 MiB.
     _own_windows = False
+    #: Bytes all its streams may buffer at once (0: no cap); see :func:`_max_buffered`.
+    _max_buffered = 0
 
-    def _guard(self, refused: Callable[[ID, str], None] | None, own_windows: bool) -> None:
+    def _guard(
+        self,
+        refused: Callable[[ID, str], None] | None,
+        own_windows: bool,
+        max_buffered: int = 0,
+    ) -> None:
         """Check every byte and stream the peer makes this connection hold (called
         before it starts): upstream buffers and tracks them in these two dicts only.
         Another layout (another libp2p version) is left unguarded, and said so."""
@@ -1263,6 +1275,7 @@ class _Yamux(Yamux):
             return
         self._refused = refused
         self._own_windows = own_windows
+        self._max_buffered = max_buffered
         self.stream_buffers = _StreamBuffers(self, self.stream_buffers)
         self.streams = _Streams(self, self.streams)
 
@@ -1335,6 +1348,15 @@ _MAX_INBOUND_STREAMS = 128
 _MAX_CONTROL_FRAMES = 1024
 
 
+def _max_buffered(max_reading_per_peer: int) -> int:
+    """The most an honest peer makes one connection buffer: a default window on each
+    inbound stream, a widened one (at most 16 MiB) on each frame being read, and one more
+    for the replies libp2p's own protocols send on our streams."""
+    return (
+        _MAX_INBOUND_STREAMS * YAMUX_DEFAULT_WINDOW + (max_reading_per_peer + 1) * YAMUX_MAX_WINDOW
+    )
+
+
 class _FlowControlBroken(Exception):
     """The peer sent more than a yamux receive window allows (ends the reading task)."""
 
@@ -1353,7 +1375,14 @@ class _Streams(dict[int, YamuxStream]):
         if not stream.is_initiator and stream_id not in self:
             if self._conn._own_windows and type(stream) is YamuxStream:
                 stream.__class__ = _YamuxStream
-            opened = sum(1 for s in self.values() if not s.is_initiator and not s.closed)
+            # a stream the peer closed or reset still counts while it holds bytes:
+            # upstream keeps such a stream and its buffer for a minute or more
+            buffers = self._conn.stream_buffers
+            opened = sum(
+                1
+                for sid, s in self.items()
+                if not s.is_initiator and (not s.closed or buffers.get(sid))
+            )
             if opened >= _MAX_INBOUND_STREAMS:
                 self._conn._break(f"opened more than {_MAX_INBOUND_STREAMS} yamux streams")
         super().__setitem__(stream_id, stream)
@@ -1399,6 +1428,10 @@ class _StreamBuffer(bytearray):
             )
             return
         if stream.closed or stream.recv_closed:  # nobody reads it any more
+            return
+        cap = conn._max_buffered
+        if cap and len(data) + sum(map(len, conn.stream_buffers.values())) > cap:
+            conn._break(f"made its yamux streams buffer more than {cap} bytes")
             return
         super().extend(data)
 
