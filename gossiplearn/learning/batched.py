@@ -256,7 +256,10 @@ def _shared_linear(name: str) -> _Layer:
 def _shared_conv(name: str, conv: nn.Conv2d) -> _Layer:
     """A convolution of k models on one input ``[B, C, H, W]``: one convolution with k
     times the output channels, in the ``[B, k*O, H, W]`` layout the grouped one gives."""
+    return _conv(name, conv, shared_input=True)
 
+
+def _conv(name: str, conv: nn.Conv2d, shared_input: bool = False) -> _Layer:
     def convolve(x: Tensor, step: _Step) -> Tensor:
         weight = step.params[f"{name}.weight"]
         bias = step.params.get(f"{name}.bias")
@@ -267,23 +270,7 @@ def _shared_conv(name: str, conv: nn.Conv2d) -> _Layer:
             conv.stride,
             conv.padding,
             conv.dilation,
-        )
-
-    return convolve
-
-
-def _conv(name: str, conv: nn.Conv2d) -> _Layer:
-    def convolve(x: Tensor, step: _Step) -> Tensor:
-        weight = step.params[f"{name}.weight"]
-        bias = step.params.get(f"{name}.bias")
-        return F.conv2d(
-            x,
-            weight.reshape(-1, *weight.shape[2:]),
-            None if bias is None else bias.reshape(-1),
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups * weight.shape[0],
+            conv.groups * (1 if shared_input else weight.shape[0]),
         )
 
     return convolve
