@@ -233,9 +233,12 @@ def _flatten(x: Tensor, step: _Step) -> Tensor:
 
 def _linear(name: str) -> _Layer:
     def linear(x: Tensor, step: _Step) -> Tensor:
-        weight = step.params[f"{name}.weight"].transpose(1, 2)
+        # (W xᵀ)ᵀ rather than x Wᵀ: the weight's gradient then comes out contiguous in the
+        # weight's own [k, H, F] layout, which makes the SGD step a fast streaming add.
+        weight, x_t = step.params[f"{name}.weight"], x.transpose(1, 2)
         bias = step.params.get(f"{name}.bias")
-        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias[:, None], x, weight)
+        out = torch.bmm(weight, x_t) if bias is None else torch.baddbmm(bias[..., None], weight, x_t)
+        return out.transpose(1, 2)
 
     return linear
 

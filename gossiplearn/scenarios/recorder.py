@@ -44,6 +44,7 @@ class RoundRecorder:
         self.extra = extra
         #: peer -> the last round it is not expected to report (0: it reports every round).
         self.reporters = None if reporters is None else dict.fromkeys(reporters, 0)
+        self._last_join = 0  # no reporter's ``after`` is larger
         self.rounds = rounds
         self.eval_every = eval_every
         self.bytes_sent = bytes_sent
@@ -62,6 +63,7 @@ class RoundRecorder:
         """Wait for ``peer``'s reports of the rounds after ``after_round``."""
         if self.reporters is not None:
             self.reporters[peer] = after_round
+            self._last_join = max(self._last_join, after_round)
 
     def peer_gone(self, peer: PeerId) -> None:
         """``peer`` crashed or left: stop waiting for it; it has no final accuracy (what it
@@ -109,8 +111,11 @@ class RoundRecorder:
     def _complete(self, round_: int) -> bool:
         if self.reporters is None:
             return round_ < self._latest
+        reported = self._pending[round_].keys()
+        if round_ > self._last_join and len(reported) < len(self.reporters):
+            return False  # every reporter is expected: the cheap answer, asked per report
         expected = {peer for peer, after in self.reporters.items() if after < round_}
-        return expected <= self._pending[round_].keys()
+        return expected <= reported
 
     def flush(self) -> None:
         """Emit rounds that not every peer reached (e.g. a peer stopped early)."""
