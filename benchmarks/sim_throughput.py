@@ -23,12 +23,19 @@ The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()
     went (training flushes, merges, wire codec, evaluation; "other" is the rest: the
     event loop, the protocol cores, setup).
 
+(x) 10,000 peers: ``simulate()`` with the batched engine, gossipy's merge and push settings
+    on a random 8-regular graph, logistic regression, Fashion-MNIST's 60,000 training
+    images split IID (6 per peer), 100 rounds, accuracy of every peer on 1,000 test images
+    every 10 rounds: wall and CPU time, peak RSS, accuracy.
+
 Every measurement runs in a fresh process (so its peak RSS is its own), with the same
 ``torch.set_num_threads``. Samples/s counts training samples (one epoch per peer per round).
 
     python benchmarks/sim_throughput.py            # 3 timed rounds, + vmap and simulate rows
     python benchmarks/sim_throughput.py --quick    # 1 timed round, (e) 1 round, (g) 2 rounds
     python benchmarks/sim_throughput.py --only gossipy [--gossipy-rounds 100]   # (g) alone
+    python benchmarks/sim_throughput.py --only e2e      # (e) alone
+    python benchmarks/sim_throughput.py --only 10k [--large-rounds 100]         # (x) alone
 
 Writes benchmarks/results/sim_throughput.json (sim_throughput_quick.json with --quick).
 """
@@ -71,6 +78,10 @@ GOSSIPY: dict[str, Any] = dict(
     peers=100, topology="regular:8", dataset="fashion-mnist", partition="iid", model="mlp",
     local_epochs=1, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.0, push="one",
     buffer_size=1, beta=0.5, aggregator="mean", eval_every=10, seed=1,
+)  # fmt: skip
+#: (x): 10,000 peers with gossipy's gossip settings and the smallest model.
+LARGE: dict[str, Any] = GOSSIPY | dict(
+    peers=10_000, model="logreg", eval_samples=1000, engine="batched"
 )  # fmt: skip
 WARMUP_PEERS = 10  # one round on these first: allocator and oneDNN primitive caches
 
@@ -258,6 +269,45 @@ def _gossipy_report(rounds: int, threads: int, console: Console) -> dict[str, An
 ENGINES = ("batched", "sequential")
 
 
+def _large(rounds: int, threads: int) -> dict[str, Any]:
+    """(x) 10,000 peers, gossip with the batched engine."""
+    from gossiplearn import make_config, simulate
+
+    def progress(line: dict[str, Any]) -> None:
+        print(f"  (x) round {line['round']}: mean accuracy {line['mean_accuracy']:.3f}", flush=True)
+
+    config = make_config(**LARGE, rounds=rounds, threads=threads)
+    cpu = time.process_time()
+    result = simulate(config, on_metrics=progress)
+    summary = result.summary
+    return {
+        "config": LARGE | {"rounds": rounds},
+        "engine": result.config.engine,
+        "samples_per_peer": summary["train_samples"] // LARGE["peers"],
+        "wall_s": summary["wall_seconds"],
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "peak_rss_mb": _peak_rss_mb(),
+        "mean_accuracy": summary["mean_accuracy"],
+        "accuracy_by_round": {line["round"]: line["mean_accuracy"] for line in result.metrics},
+        "messages_sent": summary["messages_sent"],
+        "bytes_sent": summary["bytes_sent"],
+    }
+
+
+def _large_report(rounds: int, threads: int, console: Console) -> dict[str, Any]:
+    run = _isolated(_large, rounds, threads)
+    title = f"(x) {LARGE['peers']:,} peers, logreg, regular:8, push one, {rounds} rounds"
+    table = Table("measure", "value", title=title)
+    table.add_row("wall time", f"{run['wall_s']:,.0f} s ({run['wall_s'] / 60:.1f} min)")
+    table.add_row("CPU time", f"{run['cpu_s']:,.0f} s")
+    table.add_row("peak RSS", f"{run['peak_rss_mb']:,.0f} MB")
+    table.add_row("samples per peer", str(run["samples_per_peer"]))
+    table.add_row("final mean accuracy", f"{run['mean_accuracy']:.3f}")
+    table.add_row("messages", f"{run['messages_sent']:,}")
+    console.print(table)
+    return run
+
+
 class _Breakdown:
     """Exclusive wall seconds per part of a simulation: a part that runs inside another
     (a training flush forced while a message is encoded, a deferred merge run inside a
@@ -358,8 +408,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="timed rounds (default 3, quick 1)")
     parser.add_argument("--e2e-rounds", type=int, help="(e) rounds (default 100, quick 1)")
     parser.add_argument("--e2e-eval-every", type=int, default=10, help="(e) eval_every")
-    parser.add_argument("--only", choices=["gossipy"], help="run only this part")
+    parser.add_argument("--only", choices=["gossipy", "e2e", "10k"], help="run only this part")
     parser.add_argument("--gossipy-rounds", type=int, help="(g) rounds (default 100, quick 2)")
+    parser.add_argument("--large-rounds", type=int, help="(x) rounds (default 100, quick 1)")
     parser.add_argument(
         "--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, help="BatchedPool chunk"
     )
@@ -379,16 +430,24 @@ def main() -> int:
         "chunk_mb": args.chunk_mb,
         "quick": args.quick,
     }
-    gossipy_rounds = args.gossipy_rounds or (2 if args.quick else 100)
-    report["gossipy"] = _gossipy_report(gossipy_rounds, threads, console)
+    only = {"threads": threads, "quick": args.quick}
+    if args.only in (None, "gossipy"):
+        gossipy_rounds = args.gossipy_rounds or (2 if args.quick else 100)
+        report["gossipy"] = only["gossipy"] = _gossipy_report(gossipy_rounds, threads, console)
     if args.only == "gossipy":
-        only = {"threads": threads, "quick": args.quick, "gossipy": report["gossipy"]}
         return _write(only, args.quick, "sim_throughput_gossipy", load_before, console)
-    # (e) first: the longest run, and its table is printed as soon as it is done.
+    if args.only in (None, "10k"):
+        large_rounds = args.large_rounds or (1 if args.quick else 100)
+        report["peers_10000"] = only["peers_10000"] = _large_report(large_rounds, threads, console)
+    if args.only == "10k":
+        return _write(only, args.quick, "sim_throughput_10k", load_before, console)
+    # (e): the longest run, and its table is printed as soon as it is done.
     e2e_rounds = args.e2e_rounds or (1 if args.quick else 100)
     e2e = _isolated(_end_to_end, 1000, e2e_rounds, args.e2e_eval_every, threads)
-    report["end_to_end_1000_peers"] = e2e
+    report["end_to_end_1000_peers"] = only["end_to_end_1000_peers"] = e2e
     console.print(_end_to_end_table(e2e))
+    if args.only == "e2e":
+        return _write(only, args.quick, "sim_throughput_e2e", load_before, console)
 
     table = Table("peers", "samples/peer", "run", "samples/s", "ratio", "peak RSS MB")
 
