@@ -19,8 +19,8 @@ def clip_rows(
 ) -> npt.NDArray[np.float64]:
     """``received`` ([k, P] rows) moved towards ``own`` ([P]) to within the lower median
     of their distances from it."""
-    if len(received) == 0:
-        return received
+    if len(received) <= 1:
+        return received  # τ is the one model's own distance: nothing moves
     deltas = received - own
     distances = np.sqrt(np.einsum("kp,kp->k", deltas, deltas))
     tau = np.sort(distances)[(len(distances) - 1) // 2]

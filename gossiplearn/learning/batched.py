@@ -652,18 +652,18 @@ class BatchedPool:
         each peer's loss the mean over its L samples, as ``CrossEntropyLoss`` computes.
         """
         steps = jobs[0].steps if jobs else 0
-        index = torch.zeros(steps, len(jobs), batch, dtype=torch.long)
-        weight = torch.zeros(steps, len(jobs), batch)
+        index = np.zeros((steps, len(jobs), batch), dtype=np.int64)
+        weight = np.zeros((steps, len(jobs), batch), dtype=np.float32)
         padded = [False] * steps
         for j, job in enumerate(jobs):
             sampler, offset = self._samplers[job.peer], self._offsets[job.peer]
             index[:, j] = offset
             for s in range(job.steps):
-                rows = sampler.next()
-                index[s, j, : len(rows)] = rows + offset
+                rows = sampler.next().numpy()
+                index[s, j, : len(rows)] += rows
                 weight[s, j, : len(rows)] = 1.0 / len(rows)
                 padded[s] = padded[s] or len(rows) < batch
-        return index, weight, padded
+        return torch.from_numpy(index), torch.from_numpy(weight), padded
 
 
 def _sgd_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], sgd: _Sgd) -> None:
