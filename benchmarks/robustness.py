@@ -183,7 +183,7 @@ def main() -> int:
     payload |= {"distance_to_best": gaps, "verdict": verdict(gaps, len(grid))}
     write_json(RESULTS / f"{name}.json", payload | {"runs": runs})
     (RESULTS / f"{name}.md").write_text(
-        markdown(runs, aggregators, list(grid)) + markdown_gaps(gaps, len(grid))
+        markdown(runs, aggregators, list(grid)) + "\n" + markdown_gaps(gaps, len(grid))
     )
     heatmap(runs, aggregators, list(grid), RESULTS / f"{name}.png", base, honest)
     console.print(f"wrote {RESULTS / name}.json, {name}.md and {name}.png")
