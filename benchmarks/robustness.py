@@ -164,7 +164,7 @@ def main() -> int:
     grid = scenarios(args.quick)
     name = "robustness_quick" if args.quick else "robustness"
     RESULTS.mkdir(exist_ok=True)
-    payload = {"settings": base | {"honest_peers": honest}, "scenarios": grid}
+    payload: dict[str, Any] = {"settings": base | {"honest_peers": honest}, "scenarios": grid}
     runs = earlier_runs(RESULTS / f"{name}.json", payload) if args.resume else []
     for scenario, attack in grid.items():
         for aggregator in aggregators:
