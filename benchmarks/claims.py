@@ -22,11 +22,11 @@ Sections (``--only`` picks some, comma-separated):
 - ``sybilwall``: SybilWall (Werthenbach et al.) on its paper's graph: 100 honest peers on
   a random geometric graph (radius 0.2, at most 7 links), Fashion-MNIST split with
   dirichlet:0.1, logreg, one shared initial model, 20 rounds (the settings of
-  benchmarks/robustness.py, whose label-flip runs are reused). One attacker with 1, 10 and
-  50 Sybil identities flips labels 0 -> 1 or plants the corner backdoor (target 0),
-  against sybilwall, mean, median, foolsgold, krum and multi-krum. Claim: SybilWall keeps
-  the attack down at every Sybil count, and it is the only rule that does so in both
-  attacks. The markdown file adds the grid cell by cell.
+  benchmarks/robustness.py). One attacker with 1, 10 and 50 Sybil identities flips labels
+  0 -> 1 or plants the corner backdoor (target 0), against sybilwall, mean, median,
+  foolsgold, krum and multi-krum. Claim: SybilWall keeps the attack down at every Sybil
+  count, and it is the only rule that does so in both attacks. The markdown file adds the
+  grid cell by cell.
 - ``bristle``: a row marked "not run", with the reason.
 
 ``--only`` runs some sections and tabulates the others from the results file.
@@ -84,8 +84,7 @@ class Runner:
         settings = json.loads(json.dumps(settings))  # as stored in JSON
         for run in self.earlier:
             if run["name"] == name and run["settings"] == settings:
-                source = run.get("source", "the results file")
-                self.console.print(f"{name:<34} (from {source})")
+                self.console.print(f"{name:<34} (from the results file)")
                 self.runs.append(run)
                 return run
         if self.table_only:
@@ -390,8 +389,7 @@ SYBIL_BAR = {"success": 0.10, "growth": 0.05}
 
 
 def sybilwall_base(quick: bool) -> tuple[dict[str, Any], int]:
-    """The settings of benchmarks/robustness.py (so that its runs can be reused), and the
-    number of honest peers."""
+    """The settings of benchmarks/robustness.py, and the number of honest peers."""
     base: dict[str, Any] = dict(
         rounds=6 if quick else 20,
         dataset="fashion-mnist",
@@ -416,43 +414,6 @@ def sybil_settings(
     return base | {"peers": honest + 1} | extra
 
 
-def robustness_runs(base: dict[str, Any], honest: int) -> list[Run]:
-    """benchmarks/robustness.py's label-flip Sybil runs, as runs of this section, when its
-    results file was made with the same settings."""
-    path = RESULTS / "robustness.json"
-    if not path.is_file():
-        return []
-    on_file = json.loads(path.read_text())
-    if on_file.get("settings") != json.loads(json.dumps(base | {"honest_peers": honest})):
-        return []
-    runs: list[Run] = []
-    for entry in on_file.get("runs", []):
-        attack, sybils = entry.get("attack"), entry.get("sybils")
-        if attack != SYBIL_ATTACKS["label flip"] or entry.get("attackers") != 1:
-            continue
-        rule = entry["aggregator"]
-        settings = sybil_settings(base, honest, attack, sybils, rule)
-        metrics = entry.get("metrics", [])
-        runs.append(
-            {
-                "name": f"sybilwall/label flip/x{sybils}/{rule}",
-                "settings": json.loads(json.dumps(settings)),
-                "source": "benchmarks/results/robustness.json",
-                "final_accuracy": entry["accuracy"],
-                "bytes_sent": metrics[-1].get("bytes_sent", 0) if metrics else 0,
-                "messages_sent": metrics[-1].get("messages_sent", 0) if metrics else 0,
-                "attack_success_rate": entry["attack_success_rate"],
-                "attacker_weight": entry.get("attacker_weight"),
-                "wall_seconds": entry.get("wall_seconds"),
-                "metrics": [
-                    {k: m.get(k) for k in ("round", "mean_accuracy", "bytes_sent", "time")}
-                    for m in metrics
-                ],
-            }
-        )
-    return runs
-
-
 #: The last SybilWall grid measured: (rule, attack, Sybils) -> run (None: not run).
 SybilGrid = dict[tuple[str, str, int], Run | None]
 
@@ -461,7 +422,6 @@ def sybilwall_section(runner: Runner, quick: bool) -> list[Row]:
     base, honest = sybilwall_base(quick)
     rules = SYBIL_RULES[:2] if quick else SYBIL_RULES
     counts = (1, 10) if quick else (1, 10, 50)
-    runner.earlier += robustness_runs(base, honest)
     grid: SybilGrid = {}
     for rule in rules:  # SybilWall and mean first: the rest fills in what time allows
         for label, attack in SYBIL_ATTACKS.items():
