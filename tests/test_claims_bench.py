@@ -73,3 +73,36 @@ def test_unknown_section_is_a_usage_error(
         claims.main()
     assert info.value.code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_sybilwall_verdicts_from_the_grid(claims: ModuleType, tmp_path: Path) -> None:
+    """The SybilWall rows: a rule keeps an attack down when its success stays under the bar
+    and does not grow with the Sybils; missing runs are "not run" cells."""
+    runner = claims.Runner(tmp_path / "claims.json", False, Console(quiet=True), table_only=True)
+    base, honest = claims.sybilwall_base(True)
+    success = {"sybilwall": (0.08, 0.05), "mean": (0.04, 0.30)}
+    for (rule, rates), label in [(r, a) for r in success.items() for a in claims.SYBIL_ATTACKS]:
+        for sybils, rate in zip((1, 10), rates, strict=True):
+            settings = claims.sybil_settings(
+                base, honest, claims.SYBIL_ATTACKS[label], sybils, rule
+            )
+            runner.earlier.append(
+                {
+                    "name": f"sybilwall/{label}/x{sybils}/{rule}",
+                    "settings": settings,
+                    "final_accuracy": 0.5,
+                    "attack_success_rate": rate,
+                    "metrics": [],
+                }
+            )
+    rows = claims.sybilwall_section(runner, True)
+    assert [row["verdict"] for row in rows[:2]] == [
+        "holds; the attack grows with the Sybils for mean"
+    ] * 2
+    assert rows[2]["verdict"] == "holds"
+    assert "| sybilwall | 0.500 / 8.0% | 0.500 / 5.0% |" in claims.sybil_markdown()
+
+    runner.earlier.clear()  # nothing on file: every cell is "not run"
+    rows = claims.sybilwall_section(runner, True)
+    assert {row["verdict"] for row in rows} == {"not run"}
+    assert "| mean | not run | not run | not run | not run |" in claims.sybil_markdown()
