@@ -299,8 +299,10 @@ def test_a_user_dataset_object_is_taken_as_it_is(tmp_path: Path) -> None:
     ("settings", "engine"),
     [
         ({}, "batched"),
-        ({"protocol": "dpsgd"}, "sequential"),
+        ({"protocol": "dpsgd"}, "batched"),
+        ({"protocol": "modest"}, "batched"),
         ({"aggregator": "sybilwall"}, "sequential"),
+        ({"aggregator": "bristle"}, "sequential"),
     ],
 )
 def test_engine_auto_says_which_engine_ran(settings: dict[str, str], engine: str) -> None:

@@ -237,8 +237,9 @@ def _linear(name: str) -> _Layer:
         # weight's own [k, H, F] layout, which makes the SGD step a fast streaming add.
         weight, x_t = step.params[f"{name}.weight"], x.transpose(1, 2)
         bias = step.params.get(f"{name}.bias")
-        out = torch.bmm(weight, x_t) if bias is None else torch.baddbmm(bias[..., None], weight, x_t)
-        return out.transpose(1, 2)
+        if bias is None:
+            return torch.bmm(weight, x_t).transpose(1, 2)
+        return torch.baddbmm(bias[..., None], weight, x_t).transpose(1, 2)
 
     return linear
 
