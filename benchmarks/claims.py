@@ -45,6 +45,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -531,16 +532,17 @@ def _why_not(grid: SybilGrid, rule: str, label: str, counts: tuple[int, ...]) ->
     return f"attack success grows from {rates[0]:.0%} to {rates[-1]:.0%}"
 
 
+def _cell(run: Run | None, show: Callable[[Run, float], str]) -> str:
+    """``show(run, attack success)``, or "not run" for a cell without a measurement."""
+    rate = _success(run)
+    return "not run" if run is None or rate is None else show(run, rate)
+
+
 def _cells(grid: SybilGrid, rule: str, label: str, counts: tuple[int, ...]) -> str:
-    parts = []
-    for n in counts:
-        run = grid[rule, label, n]
-        rate = _success(run)
-        if run is None or rate is None:
-            parts.append("not run")
-        else:
-            parts.append(f"{rate:.1%} ({run['final_accuracy']:.2f})")
-    return "/".join(parts)
+    return "/".join(
+        _cell(grid[rule, label, n], lambda run, rate: f"{rate:.1%} ({run['final_accuracy']:.2f})")
+        for n in counts
+    )
 
 
 def sybil_markdown() -> str:
@@ -559,14 +561,12 @@ def sybil_markdown() -> str:
         "|---|" + "---|" * len(columns),
     ]
     for rule in rules:
-        cells = []
-        for label, n in columns:
-            run = grid[rule, label, n]
-            rate = _success(run)
-            if run is None or rate is None:
-                cells.append("not run")
-            else:
-                cells.append(f"{run['final_accuracy']:.3f} / {rate:.1%}")
+        cells = [
+            _cell(
+                grid[rule, label, n], lambda run, rate: f"{run['final_accuracy']:.3f} / {rate:.1%}"
+            )
+            for label, n in columns
+        ]
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
