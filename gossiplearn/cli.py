@@ -69,8 +69,9 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--partition",
-        help="iid (default), dirichlet:ALPHA, shards:K, natural (the dataset's own groups, "
-        "e.g. one speaker each for shakespeare)",
+        help="iid (default), dirichlet:ALPHA, shards:K, window:K (peer i holds classes i..i+K-1 "
+        "mod C, as Bristle's paper), natural (the dataset's own groups, e.g. one speaker each "
+        "for shakespeare)",
     )
     add(
         "--model",
