@@ -83,7 +83,8 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
         "sybilwall (gossip protocol: gossips signed histories to find Sybils), "
         "bristle (gossip protocol: frozen pretrained features, merges "
-        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain), "
+        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain; the bias "
+        "stays local unless bias=shared), "
         "or a chain [sybilwall+]RULE[+vc] such as median+vc or sybilwall+trimmed-mean+vc",
     )
     add(

@@ -48,7 +48,8 @@ def parse_partition(spec: str) -> tuple[str, float | int | None]:
     """Validate a partition spec; return ``(scheme, parameter)``.
 
     ``"iid"`` -> ``("iid", None)``, ``"dirichlet:0.5"`` -> ``("dirichlet", 0.5)``,
-    ``"shards:2"`` -> ``("shards", 2)``, ``"window:4"`` -> ``("window", 4)``. Raises :class:`ConfigError` otherwise.
+    ``"shards:2"`` -> ``("shards", 2)``, ``"window:4"`` -> ``("window", 4)``. Raises
+    :class:`ConfigError` otherwise.
     """
     scheme, sep, arg = spec.strip().lower().partition(":")
     if scheme in ("iid", "natural") and not sep:
