@@ -156,6 +156,9 @@ def test_bristle_settings_give_the_baselines_the_same_head_and_features(
     own = claims.bristle_settings(base, "bristle", "label-flip-all", 4)
     assert (own["dataset"], own["model"], own["aggregator"]) == ("fashion-mnist", "mlp", "bristle")
     assert (own["attack"], own["attackers"]) == ("label-flip-all", 4)
+    assert own["peers"] == 24 and own["attacker_ids"] == [20, 21, 22, 23]  # they join
+    placed = claims.bristle_settings(base, "bristle", "label-flip-all", 4, added=False)
+    assert placed["peers"] == 20 and "attacker_ids" not in placed  # 4 of the 20, at random
     krum = claims.bristle_settings(base, "krum", None, 0)
     assert krum["dataset"] == claims.FEATURES and krum["model"] == "logreg"
     assert krum["shared_init"] and krum["aggregator_params"] == {"byzantine": 1}
