@@ -69,8 +69,9 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--partition",
-        help="iid (default), dirichlet:ALPHA, shards:K, natural (the dataset's own groups, "
-        "e.g. one speaker each for shakespeare)",
+        help="iid (default), dirichlet:ALPHA, shards:K, window:K (peer i holds classes i..i+K-1 "
+        "mod C, as Bristle's paper), natural (the dataset's own groups, e.g. one speaker each "
+        "for shakespeare)",
     )
     add(
         "--model",
@@ -82,7 +83,8 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
         help="mean, vc (default), median, trimmed-mean, krum, multi-krum, foolsgold, "
         "sybilwall (gossip protocol: gossips signed histories to find Sybils), "
         "bristle (gossip protocol: frozen pretrained features, merges "
-        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain), "
+        "output layers by per-class F1; extractor=PATH from gossiplearn pretrain; the bias "
+        "stays local unless bias=shared), "
         "or a chain [sybilwall+]RULE[+vc] such as median+vc or sybilwall+trimmed-mean+vc",
     )
     add(

@@ -33,7 +33,7 @@ from gossiplearn.errors import ConfigError
 from gossiplearn.learning.datasets import check_dataset_name
 from gossiplearn.learning.models import check_model_name
 from gossiplearn.learning.partition import parse_partition
-from gossiplearn.protocols.bristle import BristleConfig
+from gossiplearn.protocols.bristle import BristleConfig, sent_tensors
 from gossiplearn.protocols.compression import Compression, SpecError, parse_compression
 from gossiplearn.protocols.dpsgd import DPSGD_GRAPHS
 from gossiplearn.protocols.gossip import GossipConfig
@@ -41,6 +41,7 @@ from gossiplearn.protocols.modest import ModestConfig
 from gossiplearn.protocols.sybilwall import SybilWallConfig
 from gossiplearn.timeline import Step, TimelineEvent, resolve
 from gossiplearn.topologies import build_topology, parse_topology
+from gossiplearn.types import Params
 
 PROTOCOLS = ("gossip", "dpsgd", "fedavg", "modest")
 #: Aggregators that are a protocol core of their own rather than a merge rule (they gossip
@@ -54,6 +55,7 @@ CORE_AGGREGATORS: dict[str, tuple[str, ...]] = {
         "max_models",
         "validation_per_class",
         "center",
+        "bias",
         "extractor",
     ),
 }
@@ -280,7 +282,15 @@ class LearningConfig(BaseModel):
             overlap=int(options.get("overlap", 3)),
             max_models=int(options.get("max_models", 20)),
             center=bool(options.get("center", 1)),
+            share_bias=options.get("bias", "local") == "shared",
         )
+
+    def sent_params(self, params: Params) -> Params:
+        """The tensors of ``params`` this run's peers send: for Bristle the head's weight
+        (and bias with ``bias=shared``), for the other protocols everything."""
+        if self.aggregator != "bristle":
+            return params
+        return sent_tensors(params, self.bristle_config(1, 1, 0))
 
     def validation_per_class(self) -> int:
         """Bristle: local samples of each class a peer judges heads on."""
@@ -590,6 +600,11 @@ def _check_bristle_params(params: dict[str, int | float | str]) -> None:
             raise ValueError(f"bristle: {key} must be a whole number >= {low}, got {value!r}")
     if params.get("center", 1) not in (0, 1):
         raise ValueError(f"bristle: center must be 0 or 1, got {params['center']!r}")
+    if params.get("bias", "local") not in ("local", "shared"):
+        raise ValueError(
+            f"bristle: bias must be local (kept by each peer, as the paper's reference code) "
+            f"or shared (sent and merged with the weights), got {params['bias']!r}"
+        )
     if not isinstance(params.get("extractor", ""), str):
         raise ValueError(
             f"bristle: extractor must be the path of a file from gossiplearn pretrain, "

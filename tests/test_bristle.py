@@ -23,10 +23,11 @@ from gossiplearn.config import make_config
 from gossiplearn.errors import ConfigError
 from gossiplearn.learning.models import HEAD_BIAS, HEAD_WEIGHT, FrozenFeatureHead
 from gossiplearn.learning.trainer import Learner
-from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet
+from gossiplearn.protocols.bristle import BristleConfig, BristleCore, ValidationSet, sent_tensors
 from gossiplearn.protocols.events import MessageReceived, Send, Start, StartTraining, TrainingDone
 from gossiplearn.protocols.messages import ModelMessage
 from gossiplearn.scenarios.run import simulate
+from gossiplearn.types import Params
 
 
 def sigmoid(x: float) -> float:
@@ -190,12 +191,13 @@ def test_local_training_never_changes_foreign_columns() -> None:
     effects = core.handle(1.0, TrainingDone(trained))
     [sent] = [e for e in effects if isinstance(e, Send)]
     np.testing.assert_array_equal(sent.message.params[HEAD_WEIGHT][2], start[HEAD_WEIGHT][2])
-    assert sent.message.params[HEAD_BIAS][2] == start[HEAD_BIAS][2]
+    assert core.params[HEAD_BIAS][2] == start[HEAD_BIAS][2]
     np.testing.assert_array_equal(sent.message.params[HEAD_WEIGHT][:2], trained[HEAD_WEIGHT][:2])
-    assert set(sent.message.params) == {HEAD_WEIGHT, HEAD_BIAS}  # only the head travels
+    assert set(sent.message.params) == {HEAD_WEIGHT}  # only the head's weight travels
 
 
-def test_core_gives_a_noise_attacker_nothing() -> None:
+@pytest.mark.parametrize("share_bias", [False, True])
+def test_core_gives_a_noise_attacker_nothing(share_bias: bool) -> None:
     rng = np.random.default_rng(0)
     centres = np.eye(4)[:2] * 3
     labels = np.repeat([0, 1], 10)
@@ -205,15 +207,90 @@ def test_core_gives_a_noise_attacker_nothing() -> None:
     noise = {HEAD_WEIGHT: rng.uniform(-0.2, 0.3, (3, 4)).astype(np.float32),
              HEAD_BIAS: rng.uniform(-0.2, 0.3, 3).astype(np.float32)}  # fmt: skip
     own = {k: np.zeros_like(v) for k, v in good.items()}
-    core = BristleCore(BristleConfig(rounds=1, local_steps=1), ["honest", "attacker"], own,
-                       ValidationSet(features, labels), rng)  # fmt: skip
+    config = BristleConfig(rounds=1, local_steps=1, share_bias=share_bias)
+    core = BristleCore(config, ["honest", "attacker"], own, ValidationSet(features, labels), rng)
     core.handle(0.0, Start())
-    core.handle(0.1, MessageReceived("honest", ModelMessage(1, good)))
-    core.handle(0.2, MessageReceived("attacker", ModelMessage(1, noise)))
+    core.handle(0.1, MessageReceived("honest", ModelMessage(1, sent_tensors(good, config))))
+    core.handle(0.2, MessageReceived("attacker", ModelMessage(1, sent_tensors(noise, config))))
     core.handle(1.0, TrainingDone(own))
     assert core.last_merge is not None
     shares = core.last_merge.shares
     assert shares["attacker"] == 0.0 < shares["honest"]
+
+
+def _two_class_core(config: BristleConfig) -> tuple[BristleCore, Params]:
+    """A core whose own head (bias 0.5 everywhere) knows classes 0 and 1 of three."""
+    rng = np.random.default_rng(1)
+    centres = np.eye(4)[:3] * 3
+    labels = np.repeat([0, 1], 10)
+    features = (centres[labels] + rng.normal(0, 0.3, (20, 4))).astype(np.float32)
+    own = {HEAD_WEIGHT: (centres * 0.5).astype(np.float32), HEAD_BIAS: np.full(3, 0.5, np.float32)}
+    core = BristleCore(config, ["a"], own, ValidationSet(features, labels), rng)
+    return core, own
+
+
+def test_local_bias_is_never_sent_nor_merged() -> None:
+    config = BristleConfig(rounds=2, local_steps=1)
+    core, own = _two_class_core(config)
+    better = {HEAD_WEIGHT: (np.eye(4)[:3] * 3).astype(np.float32)}
+    core.handle(0.0, Start())
+    core.handle(0.1, MessageReceived("a", ModelMessage(1, better)))
+    effects = core.handle(1.0, TrainingDone(own))
+    [sent] = [e for e in effects if isinstance(e, Send)]
+    assert set(sent.message.params) == {HEAD_WEIGHT}
+    assert set(core.model_message().params) == {HEAD_WEIGHT}  # greetings too
+    assert core.last_merge is not None and core.last_merge.shares["a"] > 0  # it merged
+    assert not np.array_equal(core.params[HEAD_WEIGHT], own[HEAD_WEIGHT])
+    np.testing.assert_array_equal(core.params[HEAD_BIAS], own[HEAD_BIAS])  # bit for bit
+
+
+def test_shared_bias_is_sent_and_merged() -> None:
+    config = BristleConfig(rounds=2, local_steps=1, share_bias=True)
+    core, own = _two_class_core(config)
+    better = {HEAD_WEIGHT: (np.eye(4)[:3] * 3).astype(np.float32),
+              HEAD_BIAS: np.full(3, -2.0, np.float32)}  # fmt: skip
+    core.handle(0.0, Start())
+    core.handle(0.1, MessageReceived("a", ModelMessage(1, better)))
+    effects = core.handle(1.0, TrainingDone(own))
+    [sent] = [e for e in effects if isinstance(e, Send)]
+    assert set(sent.message.params) == {HEAD_WEIGHT, HEAD_BIAS}
+    assert core.last_merge is not None and core.last_merge.shares["a"] > 0
+    assert not np.array_equal(core.params[HEAD_BIAS], own[HEAD_BIAS])
+
+
+@pytest.mark.parametrize("share_bias", [False, True])
+def test_heads_that_do_not_fit_are_rejected(share_bias: bool) -> None:
+    config = BristleConfig(rounds=2, local_steps=1, share_bias=share_bias)
+    core, own = _two_class_core(config)
+    w, b = own[HEAD_WEIGHT], own[HEAD_BIAS]
+    bad: list[Params] = [
+        {HEAD_WEIGHT: w, HEAD_BIAS: b} if not share_bias else {HEAD_WEIGHT: w},  # other keys
+        {HEAD_WEIGHT: w, "extra": b, **({HEAD_BIAS: b} if share_bias else {})},
+        {},
+        {HEAD_WEIGHT: w[:2], **({HEAD_BIAS: b} if share_bias else {})},  # a class short
+        {HEAD_WEIGHT: w.astype(np.float64), **({HEAD_BIAS: b} if share_bias else {})},
+        {HEAD_WEIGHT: np.full_like(w, np.nan), **({HEAD_BIAS: b} if share_bias else {})},
+    ]
+    if share_bias:
+        bad.append({HEAD_WEIGHT: w, HEAD_BIAS: b[:2]})
+    core.handle(0.0, Start())
+    for round_, params in enumerate(bad, start=1):
+        core.handle(0.1, MessageReceived("a", ModelMessage(round_, params)))
+    assert core.rejected["BadHead"] == len(bad)
+    assert not core.recent and not core.pending
+    core.handle(0.2, MessageReceived("a", ModelMessage(1, sent_tensors(own, config))))
+    assert list(core.recent) == ["a"]  # a fitting head (the replay mark did not move)
+
+
+def test_sent_tensors() -> None:
+    params = {HEAD_WEIGHT: np.zeros((3, 4)), HEAD_BIAS: np.zeros(3)}
+    assert set(sent_tensors(params, BristleConfig(rounds=1, local_steps=1))) == {HEAD_WEIGHT}
+    shared = BristleConfig(rounds=1, local_steps=1, share_bias=True)
+    assert set(sent_tensors(params, shared)) == {HEAD_WEIGHT, HEAD_BIAS}
+    assert make_config(aggregator="bristle").sent_params(params).keys() == {HEAD_WEIGHT}
+    both = make_config(aggregator="bristle", aggregator_params={"bias": "shared"})
+    assert both.sent_params(params).keys() == {HEAD_WEIGHT, HEAD_BIAS}
+    assert make_config(aggregator="mean").sent_params(params) is params
 
 
 # ---- configuration and simulated runs ----------------------------------------------------
@@ -221,7 +298,9 @@ def test_core_gives_a_noise_attacker_nothing() -> None:
 
 def test_bristle_params_are_validated() -> None:
     make_config(aggregator="bristle", aggregator_params={"alpha": 0.3, "overlap": 2})
-    for bad in ({"alpha": 2}, {"candidates": 0}, {"center": 3}, {"lam": 1}, {"extractor": 3}):
+    make_config(aggregator="bristle", aggregator_params={"bias": "shared"})
+    for bad in ({"alpha": 2}, {"candidates": 0}, {"center": 3}, {"lam": 1}, {"extractor": 3},
+                {"bias": "global"}, {"bias": 1}):  # fmt: skip
         with pytest.raises(ConfigError, match=r"aggregator_params|bristle"):
             make_config(aggregator="bristle", aggregator_params=bad)
     with pytest.raises(ConfigError, match="protocol gossip"):
@@ -264,3 +343,22 @@ def test_bristle_keeps_honest_accuracy_under_attack(
     # would give the 2 attackers among 4 neighbours about 1/6 of each merge.
     assert isinstance(attacked["attacker_weight"], float)
     assert attacked["attacker_weight"] < 0.05
+
+
+def test_bristle_shares_the_bias_on_request_also_with_attackers(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = run(
+        cache,
+        monkeypatch,
+        aggregator_params={"bias": "shared"},
+        attack="noise:uniform:-0.2:0.3",
+        attackers=2,
+        rounds=4,
+    )
+    assert isinstance(summary["mean_accuracy"], float) and summary["mean_accuracy"] > 0.5
+
+
+def test_window_partition_runs_bristle(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = run(cache, monkeypatch, partition="window:4", rounds=4)
+    assert isinstance(summary["mean_accuracy"], float)

@@ -106,3 +106,62 @@ def test_sybilwall_verdicts_from_the_grid(claims: ModuleType, tmp_path: Path) ->
     rows = claims.sybilwall_section(runner, True)
     assert {row["verdict"] for row in rows} == {"not run"}
     assert "| mean | not run | not run | not run | not run |" in claims.sybil_markdown()
+
+
+# --------------------------------------------------------------------------- Bristle
+
+
+def final(value: float, name: str = "x") -> dict[str, Any]:
+    return {"name": name, "final_accuracy": value, "metrics": []}
+
+
+def test_bristle_byzantine_verdict(claims: ModuleType) -> None:
+    verdict = claims.byzantine_verdict
+    assert verdict(0.97, {"flip x4": 0.96, "noise x4": 0.951}, None).startswith("holds")
+    text = verdict(0.76, {"flip x4": 0.75, "noise x4": 0.70}, 0.83)
+    assert text.startswith("does not hold as stated: worst 0.700 (noise x4), 0.060 below")
+    assert "84% of the ceiling 0.830" in text
+    assert verdict(0.76, {"flip x4": None}, 0.83) == "not run"
+    assert verdict(None, {"flip x4": 0.7}, 0.83) == "not run"
+    assert verdict(0.76, {}, 0.83) == "not run"
+
+
+def test_bristle_ratio_verdict(claims: ModuleType) -> None:
+    verdict = claims.ratio_verdict
+    assert verdict({"a": 2.5, "b": 2.3}) == "holds (2.30x-2.50x)"
+    assert verdict({"a": 1.2, "b": 1.5}).startswith("does not hold: Bristle is ahead in every")
+    assert verdict({"a": 0.9, "b": 1.5}) == "does not hold: 0.90x-1.50x; ahead only in b"
+    assert verdict({"a": 0.9}) == "does not hold: 0.90x, never ahead"
+    assert verdict({"a": 2.5, "b": None}) == "not run"
+
+
+def test_bristle_ratio_is_over_the_best_robust_baseline(claims: ModuleType) -> None:
+    grid = {
+        ("bristle", "noise", 4): final(0.8),
+        ("median", "noise", 4): final(0.4),
+        ("krum", "noise", 4): final(0.2),
+        ("mean", "noise", 4): final(0.7),  # not a robust baseline: left out
+    }
+    assert claims.bristle_ratio(grid, "noise", 4) == pytest.approx(2.0)
+    grid["krum", "noise", 4] = None
+    assert claims.bristle_ratio(grid, "noise", 4) is None
+
+
+def test_bristle_settings_give_the_baselines_the_same_head_and_features(
+    claims: ModuleType,
+) -> None:
+    base, counts = claims.bristle_base(quick=False)
+    assert base["partition"] == "window:4" and base["peers"] == 20
+    assert all(n < base["peers"] / 2 + 1 for n in counts)
+    own = claims.bristle_settings(base, "bristle", "label-flip-all", 4)
+    assert (own["dataset"], own["model"], own["aggregator"]) == ("fashion-mnist", "mlp", "bristle")
+    assert (own["attack"], own["attackers"]) == ("label-flip-all", 4)
+    assert own["peers"] == 24 and own["attacker_ids"] == [20, 21, 22, 23]  # they join
+    placed = claims.bristle_settings(base, "bristle", "label-flip-all", 4, added=False)
+    assert placed["peers"] == 20 and "attacker_ids" not in placed  # 4 of the 20, at random
+    krum = claims.bristle_settings(base, "krum", None, 0)
+    assert krum["dataset"] == claims.FEATURES and krum["model"] == "logreg"
+    assert krum["shared_init"] and krum["aggregator_params"] == {"byzantine": 1}
+    assert "attack" not in krum
+    assert claims.bristle_cells((4, 6))[0] == ("none", 0)
+    assert len(claims.bristle_cells((4, 6))) == 1 + 2 * len(claims.BRISTLE_ATTACKS)

@@ -47,6 +47,7 @@ def classes_per_peer(labels: npt.NDArray[np.int64], parts: list[npt.NDArray[np.i
         ("dirichlet:1", ("dirichlet", 1.0)),
         ("dirichlet:1e-2", ("dirichlet", 0.01)),
         ("shards:2", ("shards", 2)),
+        ("window:4", ("window", 4)),
     ],
 )
 def test_parse_valid_specs(spec: str, expected: tuple[str, float | int | None]) -> None:
@@ -72,11 +73,19 @@ def test_parse_valid_specs(spec: str, expected: tuple[str, float | int | None]) 
         "shards:-2",
         "shards:1.5",
         "shards:two",
+        "window",
+        "window:0",
+        "window:2.5",
     ],
 )
 def test_parse_bad_specs(spec: str) -> None:
     with pytest.raises(ConfigError, match="is not valid: use iid, dirichlet:ALPHA"):
         parse_partition(spec)
+
+
+def test_bad_spec_error_lists_window() -> None:
+    with pytest.raises(ConfigError, match=r"window:K \(K >= 1\)"):
+        parse_partition("windows:4")
 
 
 def test_partition_rejects_bad_spec() -> None:
@@ -147,6 +156,53 @@ def test_shards_one_gives_contiguous_label_runs() -> None:
     parts = partition(labels, "shards:1", 10, np.random.default_rng(0))
     assert sorted(int(labels[p][0]) for p in parts) == list(range(10))
     assert all(len(np.unique(labels[p])) == 1 for p in parts)
+
+
+# --------------------------------------------------------------------------- window:K
+
+
+def test_window_gives_each_peer_its_class_window() -> None:
+    labels = balanced_labels()
+    parts = partition(labels, "window:4", 20, np.random.default_rng(0))
+    check_invariants(parts, len(labels), 20)
+    assert sum(len(p) for p in parts) == len(labels)  # 20 peers reach all 10 classes
+    for peer, p in enumerate(parts):
+        assert set(np.unique(labels[p]).tolist()) == {(peer + j) % 10 for j in range(4)}
+
+
+def test_window_splits_each_class_evenly_among_its_holders() -> None:
+    labels = balanced_labels()  # 200 per class, each held by 20 * 4 / 10 = 8 peers
+    parts = partition(labels, "window:4", 20, np.random.default_rng(0))
+    for p in parts:
+        assert np.all(np.bincount(labels[p], minlength=10)[np.unique(labels[p])] == 25)
+
+
+def test_window_with_fewer_peers_than_classes_leaves_classes_out() -> None:
+    labels = balanced_labels()
+    parts = partition(labels, "window:4", 3, np.random.default_rng(0))
+    check_invariants(parts, len(labels), 3)
+    held = set(np.unique(labels[np.concatenate(parts)]).tolist())
+    assert held == set(range(6))  # windows 0-3, 1-4, 2-5
+
+
+def test_window_deterministic_given_seed() -> None:
+    labels = balanced_labels()
+    a = partition(labels, "window:3", 13, np.random.default_rng(42))
+    b = partition(labels, "window:3", 13, np.random.default_rng(42))
+    c = partition(labels, "window:3", 13, np.random.default_rng(43))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_window_wider_than_the_classes() -> None:
+    with pytest.raises(DatasetError, match="window:11 gives each peer 11 classes"):
+        partition(balanced_labels(), "window:11", 4, np.random.default_rng(0))
+
+
+def test_window_peer_left_without_samples() -> None:
+    labels = np.array([0, 1, 1, 1, 1], dtype=np.int64)  # class 0 has 1 sample, 2 holders
+    with pytest.raises(DatasetError, match="without samples"):
+        partition(labels, "window:1", 4, np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- errors

@@ -73,10 +73,11 @@ def attacker_merge(attack: Attack, beta: float) -> Merge:
     attackers keep training their own poisoned model and merge nothing."""
     if attack.kind == "model":
         return get_aggregator("mean", beta=beta)
-    return _keep_own
+    return keep_own
 
 
-def _keep_own(own: Params, received: Sequence[Params]) -> Params:
+def keep_own(own: Params, received: Sequence[Params]) -> Params:
+    """An attacker's merge that ignores what it receives."""
     return own
 
 

@@ -10,7 +10,7 @@ receive the same model from many "different" peers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -57,6 +57,9 @@ class AttackerCore:
         #: and its Sybil identities stay silent.
         self.active = True
         self._before: Params | None = None
+        #: What of a (poisoned) model goes out, as honest peers of the protocol send it
+        #: (Bristle: the head without its local bias); None: all of it.
+        self.outgoing: Callable[[Params], Params] | None = None
 
     def model_message(self) -> Message | None:
         """What the honest core would send now (greetings, probes), or None."""
@@ -95,9 +98,13 @@ class AttackerCore:
         return effects
 
     def _poison(self, message: ModelMessage) -> ModelMessage:
-        if self.attack.kind != "model" or self._before is None:
+        params = message.params
+        if self.attack.kind == "model" and self._before is not None:
+            params = poison_model(self.attack, self._before, params, self.rng)
+        if self.outgoing is not None:
+            params = self.outgoing(params)
+        if params is message.params:
             return message
-        params = poison_model(self.attack, self._before, message.params, self.rng)
         return ModelMessage(message.round, params, message.samples)
 
 

@@ -8,6 +8,10 @@ A partition spec string picks the scheme:
   (100) is close to iid.
 * ``shards:K`` — pathological non-iid of McMahan et al. (2017): sort by label, cut into
   ``num_peers * K`` shards, deal ``K`` random shards to each peer.
+* ``window:K`` — the sliding class windows of Bristle (Verbraeken et al., 2021): with C
+  classes, peer ``i`` holds the classes ``(i + j) mod C`` for ``j < K``, and the samples of
+  each class are split evenly among the peers holding it. With fewer than C peers, classes
+  no window reaches are left out.
 * ``natural`` — the dataset's own groups (one speaker, user or device each), as LEAF
   splits its datasets: each peer gets the rows of one group, the groups drawn at random.
 
@@ -36,7 +40,7 @@ _DIRICHLET_REDRAWS = 10
 def _bad_spec(spec: str) -> ConfigError:
     return ConfigError(
         f"partition spec {spec!r} is not valid: use iid, dirichlet:ALPHA (ALPHA > 0), "
-        "shards:K (K >= 1) or natural"
+        "shards:K (K >= 1), window:K (K >= 1) or natural"
     )
 
 
@@ -44,7 +48,8 @@ def parse_partition(spec: str) -> tuple[str, float | int | None]:
     """Validate a partition spec; return ``(scheme, parameter)``.
 
     ``"iid"`` -> ``("iid", None)``, ``"dirichlet:0.5"`` -> ``("dirichlet", 0.5)``,
-    ``"shards:2"`` -> ``("shards", 2)``. Raises :class:`ConfigError` otherwise.
+    ``"shards:2"`` -> ``("shards", 2)``, ``"window:4"`` -> ``("window", 4)``. Raises
+    :class:`ConfigError` otherwise.
     """
     scheme, sep, arg = spec.strip().lower().partition(":")
     if scheme in ("iid", "natural") and not sep:
@@ -56,13 +61,13 @@ def parse_partition(spec: str) -> tuple[str, float | int | None]:
             raise _bad_spec(spec) from None
         if math.isfinite(alpha) and alpha > 0:
             return ("dirichlet", alpha)
-    if scheme == "shards" and arg:
+    if scheme in ("shards", "window") and arg:
         try:
             k = int(arg)
         except ValueError:
             raise _bad_spec(spec) from None
         if k >= 1:
-            return ("shards", k)
+            return (scheme, k)
     raise _bad_spec(spec)
 
 
@@ -98,6 +103,9 @@ def partition(
     elif scheme == "dirichlet":
         assert isinstance(param, float)
         parts = _dirichlet(labels, param, num_peers, rng)
+    elif scheme == "window":
+        assert isinstance(param, int)
+        parts = _window(labels, param, num_peers, rng)
     else:
         assert isinstance(param, int)
         parts = _shards(labels, param, num_peers, rng)
@@ -163,6 +171,37 @@ def _shards(
         np.concatenate([shards[s] for s in order[peer * k : (peer + 1) * k]])
         for peer in range(num_peers)
     ]
+
+
+def _window(
+    labels: npt.NDArray[np.integer], k: int, num_peers: int, rng: np.random.Generator
+) -> list[IndexArray]:
+    classes = np.unique(labels)
+    num_classes = len(classes)
+    if k > num_classes:
+        raise DatasetError(
+            f"window:{k} gives each peer {k} classes, the dataset has {num_classes}; "
+            f"use K <= {num_classes}"
+        )
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
+    for peer in range(num_peers):
+        for j in range(k):
+            holders[(peer + j) % num_classes].append(peer)
+    buckets: list[list[IndexArray]] = [[] for _ in range(num_peers)]
+    for c, cls in enumerate(classes):
+        if not holders[c]:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == cls)).astype(np.int64)
+        for peer, chunk in zip(holders[c], np.array_split(idx, len(holders[c])), strict=True):
+            buckets[peer].append(chunk)
+    parts = [np.concatenate(b) for b in buckets]
+    empty = [peer for peer, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise DatasetError(
+            f"window:{k} with {num_peers} peers leaves peer {empty[0]} without samples: "
+            "its classes have fewer samples than peers holding them; use fewer peers"
+        )
+    return parts
 
 
 def _natural(

@@ -251,6 +251,8 @@ class Peer:
         )
         self.evaluator = Evaluator(_clone(model), *test_data) if test_data is not None else None
         self.spec = spec_of(self.learner.params())
+        #: What the protocol sends and takes (Bristle: the head without its local bias).
+        self.sent_spec = spec_of(self.config.sent_params(self.learner.params()))
         #: Peers running another architecture: told when connecting, never merged with.
         self.architecture = ArchitectureCheck(self.spec)
         self._core_rng = np.random.default_rng(seeds[1])
@@ -258,7 +260,9 @@ class Peer:
         #: compresses what it sends with ``config.compression``. Its stream ids come from
         #: fresh entropy, so a restarted peer never continues a stream of its earlier self.
         self.link = ModelLink(
-            self.config.compression_spec, self.spec, np.random.default_rng(secrets.randbits(128))
+            self.config.compression_spec,
+            self.sent_spec,
+            np.random.default_rng(secrets.randbits(128)),
         )
         self.core: Core | AnyCore | None = None
         self.book: AddressBook | None = None
@@ -795,7 +799,7 @@ class Peer:
         limit = int(self.config.max_message_mb * 2**20)
         try:
             decode = functools.partial(decode_message, max_bytes=limit)
-            message = await self.clock.run_blocking(decode, payload, self.spec)
+            message = await self.clock.run_blocking(decode, payload, self.sent_spec)
             if isinstance(message, CompressedModel | ReferenceMissing):
                 rebuilt, reply = await self.clock.run_blocking(self.link.incoming, sender, message)
                 if reply is not None:  # not the sender's fault: no strike, just a full model

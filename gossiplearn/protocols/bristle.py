@@ -1,8 +1,13 @@
 """Bristle core: transfer learning that merges only classifier heads, by how well they do.
 
 How it works (ALGORITHMS.md §4): every layer but the output layer is a frozen pretrained
-extractor, the same on every peer, so the model a peer trains, sends and merges is the
-output layer alone (its weight and bias: ``params`` holds nothing else). Each round the
+extractor, the same on every peer, so the model a peer trains and merges is the output
+layer alone (its weight and bias: ``params`` holds nothing else). As in the paper's
+reference code, a peer sends only the weight matrix and keeps its bias local
+(``share_bias=False``, the default; :func:`sent_tensors`): the heads it integrates are the
+senders' weights under its own bias, so merging never changes its bias (``share_bias``
+sends and merges the bias as one more row). A received head must hold exactly the tensors
+this peer sends, in its shapes and dtypes, or it is rejected (``BadHead``). Each round the
 peer trains ``local_steps`` steps from its head, keeps the trained columns of its
 *familiar* classes (those in its validation set, drawn from its local data) and restores
 the others, pushes the head to every neighbour, then waits for one model per neighbour (at
@@ -37,7 +42,7 @@ from gossiplearn.aggregation.bristle import (
 )
 from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import ModelMessage
-from gossiplearn.protocols.rounds import LoopState, RoundLoop, push_model
+from gossiplearn.protocols.rounds import LoopState, RoundLoop
 from gossiplearn.types import Params, PeerId
 
 
@@ -56,6 +61,8 @@ class BristleConfig:
     max_models: int = 20
     #: Subtract each column's mean after integrating (ALGORITHMS.md §4 step 4).
     center: bool = True
+    #: Send and merge the output bias too; False (the reference): it stays local.
+    share_bias: bool = False
     weight: str = "head.weight"
     bias: str | None = "head.bias"
 
@@ -106,6 +113,29 @@ def validation_from(
 Loop = RoundLoop[ModelMessage]
 
 
+def sent_tensors(params: Params, config: BristleConfig) -> Params:
+    """The tensors of ``params`` a Bristle peer sends: the head's weight, and its bias only
+    with ``share_bias`` (every other tensor stays local too)."""
+    names = [config.weight]
+    if config.share_bias and config.bias is not None:
+        names.append(config.bias)
+    return {name: params[name] for name in names}
+
+
+def fits(received: Params, expected: Params) -> bool:
+    """Whether ``received`` holds exactly the tensors of ``expected``, same shapes and
+    dtypes, all finite."""
+    if received.keys() != expected.keys():
+        return False
+    for name, want in expected.items():
+        got = np.asarray(received[name])
+        if got.shape != np.shape(want) or got.dtype != np.asarray(want).dtype:
+            return False
+        if got.dtype.kind == "f" and not np.isfinite(got).all():
+            return False
+    return True
+
+
 class BristlePolicy:
     """Bristle's part of the round loop: keep the latest head of recent neighbours, wait
     for one per neighbour, integrate them by F1 on the validation set."""
@@ -133,7 +163,14 @@ class BristlePolicy:
     def model_round(self, message: ModelMessage) -> int:
         return message.round
 
+    def sent(self, params: Params) -> Params:
+        """What of ``params`` this peer sends (see :func:`sent_tensors`)."""
+        return sent_tensors(params, self.config)
+
     def take(self, loop: Loop, sender: PeerId, message: ModelMessage) -> bool:
+        if not fits(message.params, self.sent(loop.params)):
+            loop.rejected["BadHead"] += 1
+            return False
         self.recent[sender] = message.params
         self.recent.move_to_end(sender)
         while len(self.recent) > self.config.max_models:
@@ -156,7 +193,8 @@ class BristlePolicy:
         return head_params(kept, trained, w, b)
 
     def pushes(self, loop: Loop) -> list[Send[ModelMessage]]:
-        return push_model(loop, loop.neighbours, self.config.samples)
+        message = ModelMessage(loop.round, self.sent(loop.params), self.config.samples)
+        return [Send(peer, message) for peer in loop.neighbours]
 
     def merge(self, loop: Loop, waited: bool) -> tuple[Params, int]:
         merged, params = len(self.pending), loop.params
@@ -170,7 +208,7 @@ class BristlePolicy:
         """Prioritise the recent heads, integrate the chosen ones into the own head."""
         c = self.config
         own = head_matrix(params, c.weight, c.bias)
-        heads = {p: head_matrix(head, c.weight, c.bias) for p, head in self.recent.items()}
+        heads = {p: self.as_head(head, params) for p, head in self.recent.items()}
         chosen = prioritise(own, heads, self.rng, alpha=c.alpha, candidates=c.candidates)
         result = integrate(
             own,
@@ -184,7 +222,17 @@ class BristlePolicy:
         result.shares = {p: result.shares.get(p, 0.0) for p in heads}
         self.last_merge = result
         self.merge_shares = result.shares
-        return head_params(result.matrix, params, c.weight, c.bias)
+        merged = head_params(result.matrix, params, c.weight, c.bias)
+        if not c.share_bias and c.bias is not None:
+            merged[c.bias] = params[c.bias]  # exactly the own bias, not a rounded mean of it
+        return merged
+
+    def as_head(self, received: Params, own: Params) -> npt.NDArray[np.float64]:
+        """A received head as a matrix; with the bias local, under this peer's own bias."""
+        c = self.config
+        if c.share_bias or c.bias is None:
+            return head_matrix(received, c.weight, c.bias)
+        return head_matrix({c.weight: received[c.weight], c.bias: own[c.bias]}, c.weight, c.bias)
 
     def peer_up(self, loop: Loop, peer: PeerId) -> bool:
         return True
@@ -216,6 +264,10 @@ class BristleCore(LoopState[ModelMessage]):
     def keep_familiar(self, before: Params, trained: Params) -> Params:
         """``trained`` with every foreign class's column put back as it was ``before``."""
         return self.policy.keep_familiar(before, trained)
+
+    def model_message(self) -> ModelMessage:
+        """The own head as pushes send it (without the bias unless ``share_bias``)."""
+        return ModelMessage(self.loop.round, self.policy.sent(self.loop.params), self.samples)
 
     @property
     def familiar(self) -> list[int]:

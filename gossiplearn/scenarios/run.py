@@ -29,6 +29,7 @@ from gossiplearn.attacks.adversary import (
     Adversary,
     attack_measures,
     attacker_merge,
+    keep_own,
     plan_adversary,
     poison_learners,
     success_meter,
@@ -267,6 +268,8 @@ def _arm(
 
     (How attackers merge: gossiplearn.attacks.adversary.attacker_merge.)"""
     follow = attacker_merge(adversary.attack, config.beta)
+    if config.sent_params(learners[0].params()).keys() != learners[0].params().keys():
+        follow = keep_own  # Bristle heads without a bias: nothing to average into a model
     for attacker, identities in adversary.identities.items():
         rng = streams.cores[attacker]
         neighbours = sorted(graph.neighbors(attacker))
@@ -290,7 +293,9 @@ def _attacker(
     """Attacker ``me`` around ``inner``; against SybilWall its pushes must be signed to
     travel, so it signs them with the keys of its identities."""
     sign = config.core_protocol == "sybilwall"
-    return attacker_core(config.seed, sign, me, inner, attack, rng, identities)
+    attacker = attacker_core(config.seed, sign, me, inner, attack, rng, identities)
+    attacker.outgoing = config.sent_params  # what honest peers send (Bristle: no bias)
+    return attacker
 
 
 def _evaluator(
@@ -506,7 +511,7 @@ def _simulate(
     )
     simulator = Simulator(
         network,
-        spec_of(learners[0].params()),
+        spec_of(config.sent_params(learners[0].params())),  # what peers send (and decode)
         pool,
         max_message_bytes=int(config.max_message_mb * 2**20),
         on_round=recorder.on_round,
