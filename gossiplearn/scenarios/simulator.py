@@ -262,7 +262,9 @@ class Simulator:
     def _remember_late(self, message: Message) -> None:
         if isinstance(message, ModelMessage) and isinstance(message.params, DeferredParams):
             self._late.append(message.params)
-            if len(self._late) > 2 * self._late_pruned + 256:  # forget those decoded since
+            # Forget those decoded since the last pass: a decoded model keeps the bytes it
+            # was decoded from alive. A pass every 256 new ones keeps that bounded.
+            if len(self._late) > self._late_pruned + 256:
                 self._late = [params for params in self._late if not params.ready]
                 self._late_pruned = len(self._late)
 
