@@ -21,7 +21,7 @@ from gossiplearn.learning.batched import BatchedPool
 from gossiplearn.learning.pool import DeferredParams, SequentialPool, deferring
 from gossiplearn.learning.trainer import Learner
 from gossiplearn.protocols.codec import encode, encoded_model_size
-from gossiplearn.protocols.messages import ModelMessage, spec_of
+from gossiplearn.protocols.messages import ModelMessage, ModelSpec, spec_of
 from gossiplearn.scenarios.late import LateEncoding, LateRejection, late_model_message
 from gossiplearn.scenarios.network import NetworkModel, NetworkSettings
 from gossiplearn.scenarios.simulator import Simulator
@@ -362,14 +362,8 @@ def test_a_model_rejected_when_decoded_late_reruns_the_run_decoding_on_arrival(
     assert {k: actual.summary[k] for k in SAME} == {k: expected.summary[k] for k in SAME}
 
 
-def test_a_late_model_no_peer_read_is_decoded_when_the_run_ends() -> None:
-    # A model its receiver would reject on arrival (non-finite), handed over undecoded and
-    # never read afterwards: the end of the run still decodes it, and finds it.
-    values = {"w": np.array([1.0, np.nan, 3.0], dtype=np.float32)}
-    spec = spec_of(values)
-    message = ModelMessage(1, DeferredParams(lambda: values, spec), 10)
-    sent = LateEncoding(message, encoded_model_size(1, 10, spec))
-    simulator = Simulator(
+def _late_decoding_simulator(spec: ModelSpec) -> Simulator:
+    return Simulator(
         NetworkModel(NetworkSettings(), np.random.default_rng(0)),
         spec,
         SequentialPool([]),
@@ -377,6 +371,16 @@ def test_a_late_model_no_peer_read_is_decoded_when_the_run_ends() -> None:
         on_round=lambda *_: None,
         late_decoding=True,
     )
+
+
+def test_a_late_model_no_peer_read_is_decoded_when_the_run_ends() -> None:
+    # A model its receiver would reject on arrival (non-finite), handed over undecoded and
+    # never read afterwards: the end of the run still decodes it, and finds it.
+    values = {"w": np.array([1.0, np.nan, 3.0], dtype=np.float32)}
+    spec = spec_of(values)
+    message = ModelMessage(1, DeferredParams(lambda: values, spec), 10)
+    sent = LateEncoding(message, encoded_model_size(1, 10, spec))
+    simulator = _late_decoding_simulator(spec)
     received = late_model_message(sent, spec, max_bytes=2**20)
     assert received is not None
     simulator._remember_late(received)
@@ -391,14 +395,7 @@ def test_late_models_once_decoded_are_not_kept_by_the_simulator() -> None:
     # round's worth of message bytes per peer (1,000 CNN peers: 2.5 GB more in use).
     values = {"w": np.arange(3, dtype=np.float32)}
     spec = spec_of(values)
-    simulator = Simulator(
-        NetworkModel(NetworkSettings(), np.random.default_rng(0)),
-        spec,
-        SequentialPool([]),
-        max_message_bytes=2**20,
-        on_round=lambda *_: None,
-        late_decoding=True,
-    )
+    simulator = _late_decoding_simulator(spec)
     waiting, longest = [], 0
     for i in range(2000):
         message = ModelMessage(1, DeferredParams(lambda: values, spec), 10)
