@@ -85,9 +85,11 @@ Row = npt.NDArray[np.float64]
 
 def _rescaled(layout: FlatLayout, row: Row, wanted: Row, epsilon: float) -> Row:
     """``row`` with each tensor rescaled around its mean to variance ``wanted``."""
-    rescaled = layout.sizes > 1  # a one-element tensor has no variance to restore
-    centre = np.where(rescaled, layout.segment_sums(row) / np.maximum(layout.sizes, 1), 0.0)
-    scale = np.sqrt((wanted + epsilon) / (layout.segment_var(row) + epsilon))
-    scale = np.where(rescaled, scale, 1.0)
-    out: Row = (row - layout.expand(centre)) * layout.expand(scale) + layout.expand(centre)
+    out = row.copy()  # a one-element tensor has no variance to restore: kept
+    variances = layout.segment_var(row)
+    for i, (start, end) in enumerate(layout.slices.values()):
+        if end - start > 1:
+            centre = layout.segment_mean(row, start, end)
+            scale = np.sqrt((wanted[i] + epsilon) / (variances[i] + epsilon))
+            out[start:end] = (row[start:end] - centre) * scale + centre
     return out
