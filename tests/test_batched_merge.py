@@ -259,10 +259,43 @@ def test_stacked_evaluator_scores_like_one_model_at_a_time(model: str) -> None:
                 params[name] = np.random.default_rng(1).normal(size=params[name].shape)
                 params[name] = params[name].astype(np.float32)
     one = Evaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y)
-    many = StackedEvaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y, batch_size=32)
+    many = StackedEvaluator(
+        build_model(model, (1, 8, 8), 10, seed=0), x, y, batch_size=32, stack_convolutions=True
+    )
     many.per_chunk = 2  # several chunks and a short last batch
     expected = [one.accuracy(params) for params in models]
     assert many.accuracies(models) == pytest.approx(expected, abs=1.5 / len(y))
+
+
+@pytest.mark.parametrize("model", ["cnn", "cnn-bn", "lenet5", "mlp"])
+def test_evaluator_predicts_what_the_model_predicts(model: str) -> None:
+    """Channels-last batches sized by activations: the plain NCHW forward's predictions."""
+    from gossiplearn.learning.models import build_model
+    from gossiplearn.learning.trainer import Evaluator, params_of
+
+    rng = torch.Generator().manual_seed(0)
+    x, y = torch.rand(300, 1, 28, 28, generator=rng), torch.randint(0, 10, (300,), generator=rng)
+    reference = build_model(model, (1, 28, 28), 10, seed=3).eval()
+    evaluator = Evaluator(build_model(model, (1, 28, 28), 10, seed=0), x, y)
+    with torch.no_grad():
+        logits = reference(x)
+    predicted = evaluator.predict(params_of(reference))
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # near-ties may break either way
+    assert torch.equal(predicted[clear], logits.argmax(dim=1)[clear])
+    assert clear.float().mean() > 0.9
+    if model != "mlp":
+        assert evaluator.batch_size < len(x)  # several batches
+
+
+def test_convolution_nets_are_scored_one_at_a_time_on_a_cpu() -> None:
+    from gossiplearn.learning.batched import StackedEvaluator
+    from gossiplearn.learning.models import build_model
+
+    x, y = torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+    for model, stacked in (("cnn", False), ("lenet5", False), ("mlp", True), ("logreg", True)):
+        evaluator = StackedEvaluator(build_model(model, (1, 28, 28), 10, seed=0), x, y)
+        assert (evaluator.net is not None) is stacked, model
 
 
 # ------------------------------------------------- every protocol, late decoding, fallback
