@@ -132,7 +132,8 @@ class Evaluator:
         if len(x):
             self.batch_size = max(16, min(2048, EVAL_BATCH_BYTES // sample_bytes(model, x)))
         if x.dim() == 4:
-            self.model = model.to(memory_format=torch.channels_last)
+            # in place, as Module.to is; torch's type stubs omit memory_format
+            self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.x = x.contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
