@@ -28,6 +28,10 @@ The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()
     images split IID (6 per peer), 100 rounds, accuracy of every peer on 1,000 test images
     every 10 rounds: wall and CPU time, peak RSS, accuracy.
 
+(k) Kernels: one vc merge of five CNN models (own + four received, clipped, as in (e)), and the
+    accuracy of one model on 500 Fashion-MNIST test images, for the CNN, LeNet-5 and the
+    MLP, scored stacked (many models through one network) and one model at a time.
+
 Every measurement runs in a fresh process (so its peak RSS is its own), with the same
 ``torch.set_num_threads``. Samples/s counts training samples (one epoch per peer per round).
 
@@ -36,6 +40,7 @@ Every measurement runs in a fresh process (so its peak RSS is its own), with the
     python benchmarks/sim_throughput.py --only gossipy [--gossipy-rounds 100]   # (g) alone
     python benchmarks/sim_throughput.py --only e2e      # (e) alone
     python benchmarks/sim_throughput.py --only 10k [--large-rounds 100]         # (x) alone
+    python benchmarks/sim_throughput.py --only kernels  # (k) alone, about a minute
 
 Writes benchmarks/results/sim_throughput.json (sim_throughput_quick.json with --quick).
 """
@@ -377,6 +382,53 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
     }
 
 
+def _median_ms(function: Any, repeats: int) -> float:
+    function()  # warm-up: allocations, oneDNN primitives
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def _kernels(threads: int) -> dict[str, Any]:
+    """Milliseconds of one vc merge and of scoring one model, each way (see (k))."""
+    from gossiplearn.aggregation import get_aggregator
+    from gossiplearn.learning.trainer import params_of
+
+    torch.set_num_threads(threads)
+    data = load_dataset("fashion-mnist")
+    x, y = torch.from_numpy(data.test_x[:500]), torch.from_numpy(data.test_y[:500])
+
+    def models(name: str, count: int) -> list[dict[str, Any]]:
+        return [
+            params_of(build_model(name, data.input_shape, data.num_classes, seed=seed))
+            for seed in range(count)
+        ]
+
+    cnn = models(MODEL, 5)
+    vc = get_aggregator("vc", clip=True)  # as (e) merges: clipping is on by default
+    out: dict[str, Any] = {"vc_merge_ms": _median_ms(lambda: vc(cnn[0], cnn[1:]), 50)}
+    for name in (MODEL, "lenet5", "mlp"):
+        scored = models(name, 20)
+        for way in ("stacked", "one_at_a_time"):
+            template = build_model(name, data.input_shape, data.num_classes, seed=0)
+            evaluator = StackedEvaluator(template, x, y)
+            if way == "one_at_a_time":
+                evaluator.net = None  # the MLP too: what Evaluator.accuracy costs
+            ms = _median_ms(lambda e=evaluator, m=scored: e.accuracies(m), 3) / len(scored)
+            out[f"eval_ms_per_model/{name}/{way}"] = ms
+    return out
+
+
+def _kernels_table(run: dict[str, Any]) -> Table:
+    table = Table("kernel", "ms", title="(k) one merge, one model scored on 500 images")
+    for name, ms in run.items():
+        table.add_row(name, f"{ms:.1f}")
+    return table
+
+
 def _end_to_end_table(run: dict[str, Any]) -> Table:
     title = (
         f"(e) {run['peers']:,} peers x {run['samples_per_peer']} samples, gossip + vc, "
@@ -408,7 +460,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="timed rounds (default 3, quick 1)")
     parser.add_argument("--e2e-rounds", type=int, help="(e) rounds (default 100, quick 1)")
     parser.add_argument("--e2e-eval-every", type=int, default=10, help="(e) eval_every")
-    parser.add_argument("--only", choices=["gossipy", "e2e", "10k"], help="run only this part")
+    parts = ["gossipy", "e2e", "10k", "kernels"]
+    parser.add_argument("--only", choices=parts, help="run only this part")
     parser.add_argument("--gossipy-rounds", type=int, help="(g) rounds (default 100, quick 2)")
     parser.add_argument("--large-rounds", type=int, help="(x) rounds (default 100, quick 1)")
     parser.add_argument(
@@ -436,6 +489,11 @@ def main() -> int:
         report["gossipy"] = only["gossipy"] = _gossipy_report(gossipy_rounds, threads, console)
     if args.only == "gossipy":
         return _write(only, args.quick, "sim_throughput_gossipy", load_before, console)
+    if args.only in (None, "kernels"):
+        report["kernels"] = only["kernels"] = _isolated(_kernels, threads)
+        console.print(_kernels_table(report["kernels"]))
+    if args.only == "kernels":
+        return _write(only, args.quick, "sim_throughput_kernels", load_before, console)
     if args.only in (None, "10k"):
         large_rounds = args.large_rounds or (1 if args.quick else 100)
         report["peers_10000"] = only["peers_10000"] = _large_report(large_rounds, threads, console)

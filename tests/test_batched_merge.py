@@ -259,9 +259,7 @@ def test_stacked_evaluator_scores_like_one_model_at_a_time(model: str) -> None:
                 params[name] = np.random.default_rng(1).normal(size=params[name].shape)
                 params[name] = params[name].astype(np.float32)
     one = Evaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y)
-    many = StackedEvaluator(
-        build_model(model, (1, 8, 8), 10, seed=0), x, y, batch_size=32, stack_convolutions=True
-    )
+    many = StackedEvaluator(build_model(model, (1, 8, 8), 10, seed=0), x, y, batch_size=32)
     many.per_chunk = 2  # several chunks and a short last batch
     expected = [one.accuracy(params) for params in models]
     assert many.accuracies(models) == pytest.approx(expected, abs=1.5 / len(y))
@@ -286,16 +284,6 @@ def test_evaluator_predicts_what_the_model_predicts(model: str) -> None:
     assert clear.float().mean() > 0.9
     if model != "mlp":
         assert evaluator.batch_size < len(x)  # several batches
-
-
-def test_convolution_nets_are_scored_one_at_a_time_on_a_cpu() -> None:
-    from gossiplearn.learning.batched import StackedEvaluator
-    from gossiplearn.learning.models import build_model
-
-    x, y = torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
-    for model, stacked in (("cnn", False), ("lenet5", False), ("mlp", True), ("logreg", True)):
-        evaluator = StackedEvaluator(build_model(model, (1, 28, 28), 10, seed=0), x, y)
-        assert (evaluator.net is not None) is stacked, model
 
 
 # ------------------------------------------------- every protocol, late decoding, fallback

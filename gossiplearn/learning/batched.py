@@ -747,8 +747,7 @@ class StackedEvaluator(Evaluator):
     :meth:`accuracies` runs chunks of models through the stacked form of the model (each
     model sees every test sample; BatchNorm in eval mode), so the same predictions come out
     as from :meth:`Evaluator.accuracy` one model at a time, up to float rounding.
-    Models without a stacked form are scored one by one, and so are convolution nets on a
-    CPU unless ``stack_convolutions`` says otherwise.
+    Models without a stacked form are scored one by one.
     """
 
     def __init__(
@@ -760,17 +759,10 @@ class StackedEvaluator(Evaluator):
         batch_size: int = 256,
         chunk_bytes: int = 8 * DEFAULT_CHUNK_BYTES,
         device: torch.device | str = "cpu",
-        stack_convolutions: bool | None = None,
     ) -> None:
         super().__init__(model, x, y)
         self.device = torch.device(device)
         self.net = _StackedNet.compile(model)
-        if stack_convolutions is None:
-            # on a CPU, convolutions stacked as one grouped convolution score slower than
-            # one model at a time channels-last (the small CNN: 180 vs 31 ms a model)
-            stack_convolutions = self.device.type != "cpu"
-        if self.net is not None and not self.net.flat_input and not stack_convolutions:
-            self.net = None
         self.stacked_batch_size = batch_size
         self.names = list(model.state_dict())
         self._trainable = {name for name, _ in model.named_parameters()}
