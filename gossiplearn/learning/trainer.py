@@ -6,6 +6,7 @@ where they meet ``torch.nn.Module``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -130,7 +131,8 @@ class Evaluator:
         self.x = x
         self.y = y
         self.batch_size = 2048
-        if len(x):
+        # no test data, or a user's module that fails: evaluating will say so
+        with contextlib.suppress(Exception):
             self.batch_size = max(16, min(2048, EVAL_BATCH_BYTES // sample_bytes(model, x)))
         if x.dim() == 4:
             # in place, as Module.to is; torch's type stubs omit memory_format
