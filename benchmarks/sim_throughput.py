@@ -30,7 +30,8 @@ The full run adds BatchedPool's generic ``vmap`` engine and a whole ``simulate()
 
 (k) Kernels: one vc merge of five CNN models (own + four received, clipped, as in (e)), and the
     accuracy of one model on 500 Fashion-MNIST test images, for the CNN, LeNet-5 and the
-    MLP, scored stacked (many models through one network) and one model at a time.
+    MLP, scored stacked (many models through one network) and one model at a time
+    (channels-last in batches of about 8 MB of activations, and as before: NCHW, 2,048).
 
 Every measurement runs in a fresh process (so its peak RSS is its own), with the same
 ``torch.set_num_threads``. Samples/s counts training samples (one epoch per peer per round).
@@ -412,11 +413,14 @@ def _kernels(threads: int) -> dict[str, Any]:
     out: dict[str, Any] = {"vc_merge_ms": _median_ms(lambda: vc(cnn[0], cnn[1:]), 50)}
     for name in (MODEL, "lenet5", "mlp"):
         scored = models(name, 20)
-        for way in ("stacked", "one_at_a_time"):
+        for way in ("stacked", "one_at_a_time", "one_at_a_time_nchw_2048"):
             template = build_model(name, data.input_shape, data.num_classes, seed=0)
             evaluator = StackedEvaluator(template, x, y)
-            if way == "one_at_a_time":
+            if way != "stacked":
                 evaluator.net = None  # the MLP too: what Evaluator.accuracy costs
+            if way == "one_at_a_time_nchw_2048":  # Evaluator's layout and batch before
+                evaluator.model = template.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+                evaluator.x, evaluator.batch_size = x, 2048
             ms = _median_ms(lambda e=evaluator, m=scored: e.accuracies(m), 3) / len(scored)
             out[f"eval_ms_per_model/{name}/{way}"] = ms
     return out

@@ -122,8 +122,8 @@ class Evaluator:
 
     Image inputs and the module run channels-last, in batches whose activations take
     about :data:`EVAL_BATCH_BYTES`: on one CPU thread the small CNN then scores 500 images
-    in 41–67 ms instead of 155–175 ms in NCHW batches of 2,048 (LeNet-5 and the MLP take
-    about as long either way).
+    in about half the time it takes in NCHW batches of 2,048, LeNet-5 in about 15% more,
+    the MLP in the same (``benchmarks/sim_throughput.py --only kernels``).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
