@@ -446,8 +446,9 @@ def _dequantise_int8_checked(values: bytes, scales: bytes, kept: int) -> tuple[V
     """``minimum + code * step`` per block, and whether all are known finite (from one
     bound per block, :func:`_int8_finite`)."""
     pairs = np.frombuffer(scales, dtype="<f4").reshape(-1, 2)
-    if not np.isfinite(pairs).all() or (pairs[:, 1] < 0).any():
-        raise MalformedMessage("compressed model: int8 block scales not finite and >= 0")
+    # signbit, not < 0: a step of -0.0 would decode -0.0 entries no honest sender makes
+    if not np.isfinite(pairs).all() or np.signbit(pairs[:, 1]).any():
+        raise MalformedMessage("compressed model: int8 block scales not finite and >= +0")
     # block by block (a reshape, not a gather by index), in place: the same float32
     # operations, minimum + code * step
     decoded: Vector = np.frombuffer(values, dtype=np.uint8).astype(np.float32)
