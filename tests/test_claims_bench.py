@@ -165,3 +165,27 @@ def test_bristle_settings_give_the_baselines_the_same_head_and_features(
     assert "attack" not in krum
     assert claims.bristle_cells((4, 6))[0] == ("none", 0)
     assert len(claims.bristle_cells((4, 6))) == 1 + 2 * len(claims.BRISTLE_ATTACKS)
+
+
+def test_vc_every_step_row_compares_each_variant_with_fedavg(claims: ModuleType) -> None:
+    curves = {
+        "fedavg": [0.1, 0.5, 0.9, 1.0],  # target 0.9 x 1.0: round 3
+        "vc": [0.1, 0.1, 0.2, 0.5, 0.8, 0.95],  # round 6: 2x
+        "vc, β = 0": [0.1, 0.2, 0.5, 0.8, 0.95],  # round 5
+        "vc, one shared initial model": [0.1, 0.5, 0.95],  # round 3: 1x
+    }
+    asked: dict[str, dict[str, Any]] = {}
+
+    def runner(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        method = name.rsplit("/", 1)[1]
+        asked[method] = settings
+        return run_with(curves[method]) | {"name": name, "final_accuracy": curves[method][-1]}
+
+    base = {"peers": 50, "dataset": "mnist-5k", "partition": "iid", "beta": 0.5}
+    row = claims._vc_every_step_row(runner, False, base)
+    assert row["verdict"] == "does not hold: 2.00x FedAvg's rounds"
+    assert "β = 0: 5 rounds (1.67x)" in row["ours"]
+    assert "one shared initial model: 3 rounds (1.00x)" in row["ours"]
+    assert all(s["local_steps"] == 1 and s["rounds"] == 300 for s in asked.values())
+    assert asked["vc, β = 0"]["beta"] == 0.0 and asked["vc"]["beta"] == 0.5
+    assert asked["vc, one shared initial model"]["shared_init"] is True
