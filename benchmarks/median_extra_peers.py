@@ -9,27 +9,25 @@ more honest peers instead. If the gain came from what the attackers send, these 
 differ at the same count (the README gives what they show).
 
     python benchmarks/median_extra_peers.py            # 12 runs, about 6 minutes
+    python benchmarks/median_extra_peers.py --resume   # reuse the runs on file
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from claims import RESULTS, bristle_base, bristle_settings
+from claims import RESULTS, Runner, bristle_base, bristle_settings
+from rich.console import Console
 
-from gossiplearn import make_config, simulate
-
-#: What the added peers send: (label, attack spec or None for honest peers of their own).
+#: What the added peers send: (label, attack spec).
 SENDERS = [
     ("near zero", "noise:uniform:0:0.000001"),
-    ("far above (uniform 5..6)", "noise:uniform:5:6"),
-    ("far below (uniform -6..-5)", "noise:uniform:-6:-5"),
+    ("uniform 5..6", "noise:uniform:5:6"),
+    ("uniform -6..-5", "noise:uniform:-6:-5"),
     ("their own trained model", "scale:1"),
     ("the paper's noise (uniform -0.2..0.3)", "noise:uniform:-0.2:0.3"),
 ]
@@ -45,22 +43,15 @@ def main() -> int:
     for label, attack in SENDERS:
         for count in COUNTS.get(label, (4,)):
             cells.append((label, count, bristle_settings(base, "median", attack, count)))
-    rows = []
-    print(f"{'added peers send':<40} {'added':>5}  final accuracy")
-    for label, count, settings in cells:
-        started = time.perf_counter()
-        result = simulate(make_config(**settings))
-        row = {
-            "sent": label,
-            "added": count,
-            "final_accuracy": result.summary["mean_accuracy"],
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "settings": settings,
-        }
-        rows.append(row)
-        print(f"{label:<40} {count:>5}  {row['final_accuracy']:.3f}", flush=True)
     path = RESULTS / "median_extra_peers.json"
-    path.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
+    runner = Runner(path, "--resume" in sys.argv[1:], Console(highlight=False))
+    finals = [
+        (label, count, runner(f"median/{label}/+{count}", settings)["final_accuracy"])
+        for label, count, settings in cells
+    ]
+    print(f"\n{'added peers send':<40} {'added':>5}  final accuracy")
+    for label, count, final in finals:
+        print(f"{label:<40} {count:>5}  {final:.3f}")
     print(f"wrote {path}")
     return 0
 
