@@ -7,6 +7,7 @@ honest peers (real loopback peers, marked ``network``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -18,11 +19,13 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, FLAG_SYN, Yamux, YamuxStream
 
-from gossiplearn.transport.base import MODEL_PROTOCOL
+from gossiplearn.transport.base import MODEL_PROTOCOL, TransportError
 from gossiplearn.transport.libp2p import (
     _MAX_CONTROL_FRAMES,
     _MAX_INBOUND_STREAMS,
+    _SHARED_FLOOR,
     Libp2pTransport,
+    _SharedBuffers,
     _StreamBuffer,
     _Yamux,
 )
@@ -37,11 +40,11 @@ class _NoConnection:
     is_initiator = False
 
 
-def _guarded() -> _Yamux:
+def _guarded(shared: _SharedBuffers | None = None) -> _Yamux:
     muxed = Yamux(_NoConnection(), ID(b"hostile"), is_initiator=False)  # type: ignore[arg-type]
     muxed.__class__ = _Yamux
     assert isinstance(muxed, _Yamux)
-    muxed._guard(None, own_windows=True)
+    muxed._guard(None, own_windows=True, shared=shared)
     return muxed
 
 
@@ -118,6 +121,57 @@ def test_bytes_buffered_over_all_streams_are_capped() -> None:
     muxed.stream_buffers[8].extend(b"x")
     assert muxed._broken is not None and "more than" in muxed._broken
     assert sum(map(len, muxed.stream_buffers.values())) == 0
+
+
+def _fill(muxed: _Yamux, first_stream: int, windows: int) -> None:
+    """Open ``windows`` inbound streams on ``muxed``, each buffering a full window."""
+    for sid in range(first_stream, first_stream + 2 * windows, 2):
+        _inbound(muxed, sid)
+        muxed.stream_buffers[sid].extend(b"x" * DEFAULT_WINDOW_SIZE)
+
+
+def test_connections_together_are_capped_and_the_one_holding_the_most_is_closed() -> None:
+    # each connection is far below its own cap: only the shared one stops them
+    shared = _SharedBuffers(8 * DEFAULT_WINDOW_SIZE)
+    greedy, modest, newcomer = _guarded(shared), _guarded(shared), _guarded(shared)
+    _fill(greedy, 2, 5)
+    _fill(modest, 2, 3)
+    assert greedy._broken is None and modest._broken is None
+    _fill(newcomer, 2, 3)  # its third window (past the floor) makes 11: the greedy one goes
+    assert greedy._broken is not None and "the most of any connection" in greedy._broken
+    assert sum(map(len, greedy.stream_buffers.values())) == 0
+    assert modest._broken is None and newcomer._broken is None
+    assert sum(map(len, newcomer.stream_buffers.values())) == 3 * DEFAULT_WINDOW_SIZE
+    assert sum(map(len, modest.stream_buffers.values())) == 3 * DEFAULT_WINDOW_SIZE
+
+
+def test_a_connection_that_would_hold_the_most_past_the_shared_cap_is_closed_itself() -> None:
+    shared = _SharedBuffers(4 * DEFAULT_WINDOW_SIZE)
+    honest, hostile = _guarded(shared), _guarded(shared)
+    _fill(honest, 2, 2)
+    _fill(hostile, 2, 3)  # its third window would make 5: it holds the most
+    assert hostile._broken is not None and "the most of any connection" in hostile._broken
+    assert sum(map(len, hostile.stream_buffers.values())) == 0
+    assert honest._broken is None
+    assert sum(map(len, honest.stream_buffers.values())) == 2 * DEFAULT_WINDOW_SIZE
+
+
+def test_bytes_read_since_are_not_held_against_a_connection() -> None:
+    shared = _SharedBuffers(4 * DEFAULT_WINDOW_SIZE)
+    reader, other = _guarded(shared), _guarded(shared)
+    _fill(reader, 2, 4)
+    for buffer in reader.stream_buffers.values():
+        buffer.clear()  # its handlers read everything
+    _fill(other, 2, 4)  # 8 windows were buffered, but never more than 4 at once
+    assert reader._broken is None and other._broken is None
+
+
+def test_connections_below_the_shared_floor_are_not_charged() -> None:
+    shared = _SharedBuffers(1)  # smaller than any honest connection's first bytes
+    conns = [_guarded(shared) for _ in range(4)]
+    for muxed in conns:
+        _fill(muxed, 2, _SHARED_FLOOR // DEFAULT_WINDOW_SIZE)
+    assert all(muxed._broken is None for muxed in conns)
 
 
 def test_control_frames_a_peer_leaves_unread_are_bounded() -> None:
@@ -232,4 +286,60 @@ async def test_a_peer_beyond_its_yamux_window_is_cut_off_and_others_still_served
             assert victim.rejected_counts() == {"WindowExceeded": 1}
         finally:
             for peer in (victim, attacker, honest):
+                await peer.stop()
+
+
+def _streams_with_data(streams: int, size: int) -> Any:
+    """Raw yamux frames opening ``streams`` streams, each with ``size`` bytes of data that
+    nobody reads (within the stream's window: no per-connection rule is broken)."""
+    return lambda sid: b"".join(
+        _frame(DATA, FLAG_SYN, sid + 2 * i, size, b"\xff" * size) for i in range(streams)
+    )
+
+
+@pytest.mark.network
+async def test_fresh_identities_cannot_make_a_peer_buffer_more_than_its_shared_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # each attacker stays within every per-connection rule and, alone, within the shared
+    # cap (15 streams x 200 KiB, far below 128 streams and the 112 MiB an honest
+    # connection may hold); together they would make the victim hold 9 MiB
+    limit = 4 * 2**20
+    victim = Libp2pTransport(max_frame_bytes=limit, max_buffered_bytes=limit)
+    attackers = [Libp2pTransport() for _ in range(3)]
+    honest = Libp2pTransport()
+    inbox = _inbox(victim)
+    peak: list[int] = [0]
+    extend = _StreamBuffer.extend
+
+    def watched(self: _StreamBuffer, data: Any) -> None:
+        extend(self, data)
+        if self.conn.peer_id != ID.from_base58(honest.peer_id):
+            peak[0] = max(peak[0], _buffered(victim))
+
+    monkeypatch.setattr(_StreamBuffer, "extend", watched)
+    peers = [victim, honest, *attackers]
+    async with asyncio.timeout(3 * LIMIT):
+        for peer in peers:
+            await peer.start()
+        try:
+            for attacker in attackers:
+                await attacker.connect(victim.addresses[0])
+                with contextlib.suppress(TransportError):  # cut off while it writes
+                    await _write_raw(attacker, victim.peer_id, _streams_with_data(15, 200 * 1024))
+            # the cap, plus what each connection may hold below the shared floor
+            bound = limit + len(attackers) * _SHARED_FLOOR
+            await _until(
+                lambda: victim.rejected_counts().get("WindowExceeded", 0) >= 2 or peak[0] > bound
+            )
+            assert peak[0] <= bound
+            assert _buffered(victim) <= limit
+            await _until(lambda: sum(a.peer_id in victim.connected_peers() for a in attackers) <= 1)
+
+            payload = os.urandom(3 * 2**20)  # an honest peer's model still arrives
+            await honest.connect(victim.addresses[0])
+            await honest.send(victim.peer_id, MODEL_PROTOCOL, payload)
+            assert await inbox.get() == payload
+        finally:
+            for peer in peers:
                 await peer.stop()

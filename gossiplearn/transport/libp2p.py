@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -709,6 +710,7 @@ class Libp2pTransport:
             refused=self._refuse_peer,
             own_windows=self._channel.frame_window,
             max_buffered=_max_buffered(self.max_reading_per_peer),
+            shared=_SharedBuffers(self.limits.buffer.limit),
         )
         self._host = host
         for protocol in list(self._handlers):
@@ -1137,12 +1139,13 @@ def _use_fixed_yamux(
     refused: Callable[[ID, str], None] | None = None,
     own_windows: bool = True,
     max_buffered: int = 0,
+    shared: _SharedBuffers | None = None,
 ) -> None:
     """Make every yamux connection of ``host`` a :class:`_Yamux` (``refused`` is told of
     each one closed for breaking flow control; with ``own_windows`` its inbound streams
-    are :class:`_YamuxStream` from their first frame, and it buffers at most
-    ``max_buffered`` bytes) and, with ``read_ahead``, its TCP stream a
-    :class:`_ReadAheadTCPStream`.
+    are :class:`_YamuxStream` from their first frame, it buffers at most ``max_buffered``
+    bytes, and all of them together what ``shared`` allows) and, with ``read_ahead``, its
+    TCP stream a :class:`_ReadAheadTCPStream`.
 
     ``MuxerMultistream.new_conn`` in 0.8.1 builds ``Yamux`` itself whatever class
     ``muxer_opt`` names, so the new connection's class is switched right after it is
@@ -1159,7 +1162,10 @@ def _use_fixed_yamux(
         if type(muxed) is Yamux:
             muxed.__class__ = _Yamux
             assert isinstance(muxed, _Yamux)
-            muxed._guard(refused, own_windows, max_buffered if own_windows else 0)
+            if own_windows:
+                muxed._guard(refused, own_windows, max_buffered, shared)
+            else:
+                muxed._guard(refused, own_windows)
         if read_ahead:
             _read_ahead(conn)
         return muxed
@@ -1260,12 +1266,15 @@ class _Yamux(Yamux):
     _own_windows = False
     #: Bytes all its streams may buffer at once (0: no cap); see :func:`_max_buffered`.
     _max_buffered = 0
+    #: The cap all connections of this host share (None: none).
+    _shared: _SharedBuffers | None = None
 
     def _guard(
         self,
         refused: Callable[[ID, str], None] | None,
         own_windows: bool,
         max_buffered: int = 0,
+        shared: _SharedBuffers | None = None,
     ) -> None:
         """Check every byte and stream the peer makes this connection hold (called
         before it starts): upstream buffers and tracks them in these two dicts only.
@@ -1278,6 +1287,9 @@ class _Yamux(Yamux):
         self._max_buffered = max_buffered
         self.stream_buffers = _StreamBuffers(self, self.stream_buffers)
         self.streams = _Streams(self, self.streams)
+        if shared is not None:
+            shared.add(self)
+            self._shared = shared
 
     def _break(self, reason: str) -> None:
         """The peer broke flow control: free what its streams buffer and stop reading
@@ -1287,6 +1299,20 @@ class _Yamux(Yamux):
         self.event_shutting_down.set()
         for buffer in self.stream_buffers.values():
             buffer.clear()
+
+    def _evict(self, reason: str) -> None:
+        """Break this connection from another one's reading task and close its socket,
+        so that its own reading task ends now rather than at its peer's next frame."""
+        self._break(reason)
+        if self._nursery is not None and not self.event_closed.is_set():
+            self._nursery.start_soon(self._close_socket)
+
+    async def _close_socket(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.secured_conn.close()
+
+    def _buffered(self) -> int:
+        return sum(map(len, self.stream_buffers.values()))
 
     async def _read_data_body(self, length: int) -> bytes:
         # before the body is read: a frame no stream of this connection has room for (a
@@ -1429,11 +1455,67 @@ class _StreamBuffer(bytearray):
             return
         if stream.closed or stream.recv_closed:  # nobody reads it any more
             return
+        held = conn._buffered() + len(data)
         cap = conn._max_buffered
-        if cap and len(data) + sum(map(len, conn.stream_buffers.values())) > cap:
+        if cap and held > cap:
             conn._break(f"made its yamux streams buffer more than {cap} bytes")
             return
+        shared = conn._shared
+        if shared is not None and not shared.admit(conn, held):
+            return
         super().extend(data)
+
+
+#: Bytes a connection may buffer without looking at the others (two initial windows): the
+#: shared cap can be exceeded by at most this much per connection, and the common case,
+#: a connection whose frames are read as they arrive, costs no sum over all connections.
+_SHARED_FLOOR = 2 * YAMUX_DEFAULT_WINDOW
+
+
+class _SharedBuffers:
+    """The yamux receive buffers of all connections of one host, capped together.
+
+    Each connection is capped by what an honest peer can make it hold
+    (:func:`_max_buffered`), but identities are free and a host accepts hundreds of
+    connections, so those caps alone bound nothing. Here a connection holding more than
+    :data:`_SHARED_FLOOR` may buffer more only while all connections together hold at
+    most ``limit`` bytes; past it, the connection holding the most is closed (as for
+    breaking flow control: its buffers are freed and the transport told), which may be
+    the one adding bytes. An honest connection is read as it arrives and holds little,
+    so the peer that made the host buffer the most is the one cut off.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: connection -> bytes it held when it last buffered (at least what it holds now:
+        #: reads only shrink a buffer)
+        self._held: weakref.WeakKeyDictionary[_Yamux, int] = weakref.WeakKeyDictionary()
+
+    def add(self, conn: _Yamux) -> None:
+        self._held[conn] = 0
+
+    def admit(self, conn: _Yamux, held: int) -> bool:
+        """Whether ``conn`` may now hold ``held`` bytes (its new data included);
+        connections are closed, the largest first, until all fit in ``limit``."""
+        self._held[conn] = held
+        if held <= _SHARED_FLOOR or sum(self._held.values()) <= self.limit:
+            return True
+        exact = {c: (held if c is conn else c._buffered()) for c in self._held}
+        total = sum(exact.values())
+        while total > self.limit:
+            largest = max(exact, key=exact.__getitem__)
+            reason = (
+                f"held {exact[largest]} bytes in yamux buffers, the most of any connection "
+                f"when all of them together passed {self.limit}"
+            )
+            total -= exact[largest]
+            exact[largest] = 0
+            if largest is conn:
+                conn._break(reason)
+            else:
+                largest._evict(reason)
+        self._held.update(exact)
+        return exact[conn] > 0
 
 
 def _own_window(stream: INetStream) -> None:
