@@ -343,7 +343,8 @@ class Libp2pTransport:
     ``max_open_inbound`` inbound streams are open at once from all peers together;
     unfinished frames together buffer at most ``max_buffered_bytes`` (None: twice
     ``max_frame_bytes``, at least 256 MiB), their buffers growing as bytes arrive, never
-    from what a header announces; a frame must be complete within
+    from what a header announces, and yamux's receive buffers of all connections together
+    as much again (the connection holding the most is closed); a frame must be complete within
     ``max(frame_deadline_floor, length / min_inbound_bytes_per_second)`` seconds of
     getting its reading slot; and when every slot is taken, a newcomer takes the slot of
     a frame that has fallen behind that minimum rate (after ``eviction_grace`` seconds).
@@ -352,9 +353,10 @@ class Libp2pTransport:
     ``TooManyFrames``, ``ReadersBusy``, ``RateLimited``, ``BufferFull``,
     ``FrameDeadline``, ``SlowFrameEvicted``, ``StreamIdle``, ``FrameTooLarge``,
     ``CorruptFrame``, and ``WindowExceeded``: a connection closed because its peer sent
-    beyond a yamux receive window, opened too many streams or left too many control
-    frames unread); a sender refused for load gets
-    :class:`~gossiplearn.transport.base.ReceiverBusy`, so it can tell busy from broken.
+    beyond a yamux receive window, opened too many streams, left too many control frames
+    unread or held the most yamux bytes when all connections passed their shared cap);
+    a sender refused for load gets :class:`~gossiplearn.transport.base.ReceiverBusy`, so
+    it can tell busy from broken.
     """
 
     def __init__(
@@ -1247,7 +1249,9 @@ class _Yamux(Yamux):
     before it is buffered, and so is a stream beyond :data:`_MAX_INBOUND_STREAMS` (one the
     peer closed or reset counts while it holds bytes: upstream keeps it a minute or more)
     and a byte beyond what an honest peer can make the connection hold
-    (:func:`_max_buffered`): the connection is closed at once, every byte it buffered
+    (:func:`_max_buffered`) or, while this connection holds the most, beyond what all
+    connections of the host may hold together (:class:`_SharedBuffers`): the connection
+    is closed at once, every byte it buffered
     freed, and the transport told once. Data on a stream that is closed or reset is
     dropped (an honest sender may have it in flight when our reset leaves), its window
     still charged. The queue of control frames holds at most :data:`_MAX_CONTROL_FRAMES`
