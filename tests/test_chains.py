@@ -11,7 +11,8 @@ import pytest
 from test_peer import make_peer
 
 from gossiplearn import make_config
-from gossiplearn.aggregation import get_aggregator, get_shares, has_shares, mean
+from gossiplearn.aggregation import foolsgold_weights, get_aggregator, get_shares, has_shares, mean
+from gossiplearn.aggregation._flat import flatten_all
 from gossiplearn.aggregation.chain import Chain, parse_chain
 from gossiplearn.aggregation.vc import restore_variance, variance_corrected
 from gossiplearn.cli import main
@@ -87,6 +88,39 @@ def test_sybilwall_leaves_sybils_out_of_the_chained_rule() -> None:
     assert all(np.array_equal(merged[k], expected[k]) for k in own)
 
 
+def test_distinct_attackers_do_not_push_honest_models_out_of_the_chained_rule() -> None:
+    # honest histories alike (shared direction), attackers' unlike anything: FoolsGold
+    # rescales to the most unusual sender, so every honest weight goes to 0 and a filter
+    # on those weights would leave the rule the attackers alone
+    rng = np.random.default_rng(0)
+    own = _model()
+    direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in own.items()}
+
+    def near(scale: float) -> Params:
+        return {k: own[k] + direction[k] + scale * rng.normal(size=v.shape).astype(np.float32)
+                for k, v in own.items()}  # fmt: skip
+
+    honest = {f"h{i}": near(0.3) for i in range(6)}
+    noise = {f"n{i}": {k: 50 * rng.normal(size=v.shape).astype(np.float32)
+                       for k, v in own.items()} for i in range(2)}  # fmt: skip
+    sybil = near(0.3)
+    received = honest | noise | {f"s{i}": sybil for i in range(3)}
+    rows = flatten_all(list(received.values()), own)
+    assert all(foolsgold_weights(rows)[:6] == 0.0)  # what SybilWall's own weights say
+    kept: list[int] = []
+
+    def rule(own: Params, models: list[Params]) -> Params:
+        kept.append(len(models))
+        return get_aggregator("median")(own, models)
+
+    merged, weights = sybilwall_merge(own, received, dict(received), then=rule)
+    assert kept == [8]  # the honest and the noise models, not the Sybils
+    assert all(weights[p] == 1.0 for p in (*honest, *noise))
+    assert all(weights[f"s{i}"] == 0.0 for i in range(3))
+    expected = get_aggregator("median")(own, [*honest.values(), *noise.values()])
+    assert all(np.array_equal(merged[k], expected[k]) for k in own)
+
+
 def test_shares_of_a_chain_are_its_rules() -> None:
     own, received = _model(), [_model(), _model(), _model()]
     assert has_shares("trimmed-mean+vc") and not has_shares("sybilwall+vc")
@@ -111,13 +145,19 @@ def test_variance_correction_cures_the_stall_of_robust_rules() -> None:
 
 
 def test_a_chained_defence_keeps_sybilwalls_resistance() -> None:
-    attack = dict(peers=10, rounds=15, topology="regular:4", model="logreg", seed=4,
-                  partition="dirichlet:0.5", attack="label-flip:0:1", attackers=1, sybils=5,
-                  local_steps=5, clip=False)  # fmt: skip
-    result = simulate(make_config(**attack, aggregator="sybilwall+trimmed-mean+vc"))
-    print(result.summary["mean_accuracy"], result.summary["attack_success_rate"])
-    assert result.summary["attack_success_rate"] <= 0.1
-    assert result.summary["mean_accuracy"] >= 0.85
+    """One label flipper with 5 Sybils against sybilwall+trimmed-mean+vc, six seeds: the
+    attack fails in each, and the honest peers learn (measured: mean accuracy 0.877,
+    0.829-0.899 a seed)."""
+    accuracy = []
+    for seed in range(6):
+        attack = dict(peers=10, rounds=15, topology="regular:4", model="logreg", seed=seed,
+                      partition="dirichlet:0.5", attack="label-flip:0:1", attackers=1,
+                      sybils=5, local_steps=5, clip=False)  # fmt: skip
+        result = simulate(make_config(**attack, aggregator="sybilwall+trimmed-mean+vc"))
+        print(seed, result.summary["mean_accuracy"], result.summary["attack_success_rate"])
+        assert result.summary["attack_success_rate"] <= 0.1
+        accuracy.append(result.summary["mean_accuracy"])
+    assert np.mean(accuracy) >= 0.85
 
 
 BAD_CHAINS = [

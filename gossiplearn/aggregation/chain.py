@@ -6,10 +6,13 @@
   initialisations shrinks their variance, and a robust rule averages too (trimmed mean,
   multi-krum) or picks a coordinate-wise middle value (median), so each inherits the
   stall variance correction cures.
-* ``sybilwall+RULE`` — SybilWall's Sybil weights, then a Byzantine-robust rule: SybilWall
-  weighs each received model by how unlike the others its sender's history is, and gives
-  Sybils (identical histories) weight 0. Those models are left out, and RULE merges the
-  own model with the rest, so that Sybils and lone Byzantine peers are both handled.
+* ``sybilwall+RULE`` — SybilWall's Sybil filter, then a Byzantine-robust rule: SybilWall
+  scores each received model by how unlike the others its sender's history is (Sybils,
+  identical histories, score 0). Models scoring far below a typical sender are left out
+  (:func:`~gossiplearn.aggregation.foolsgold.not_sybils`), and RULE merges the own model
+  with the rest, so that Sybils and lone Byzantine peers are both handled. The scores are
+  judged against the median sender, not SybilWall's most unusual one: against the latter,
+  distinct attackers sending noise would leave every honest model out.
 * ``sybilwall+vc`` — SybilWall's weighted mean, then variance correction.
 
 ``sybilwall`` chains run in the SybilWall protocol (signed histories); the others in plain

@@ -53,6 +53,40 @@ def foolsgold_weights(
     and the rescale w / max(w) runs over the k candidates. Otherwise one stale, dissimilar
     history would set max(w) and push every candidate's weight to 0. Returns k weights.
     """
+    w = _dissimilarity(vectors, candidates)
+    top = w.max(initial=0.0)
+    if top == 0.0:
+        return w
+    return _logit(w / top)
+
+
+def not_sybils(
+    vectors: npt.NDArray[np.floating], *, candidates: int | None = None
+) -> npt.NDArray[np.bool_]:
+    """Which of the (first ``candidates``) rows are not left out as Sybils, for a chain
+    that hands the rest to a Byzantine-robust rule (``sybilwall+median``).
+
+    The rows' FoolsGold dissimilarity w_i (:func:`foolsgold_weights` before its rescale)
+    is taken relative to its median over the candidates, not to its largest value: the
+    largest belongs to the most unusual sender, and an attacker sending noise is more
+    unusual than any honest peer, so relative to it every honest weight rescales to 0 and
+    the rule would see the attackers alone. A row is kept where FoolsGold's logit of that
+    relative weight (capped at 1) is above 0, i.e. w_i > 0.378 x the median: it is not far
+    more alike another sender than a typical sender is. Identical models (w = 0) are left
+    out; if most candidates are such (a median of 0), every row with w > 0 is kept.
+    """
+    w = _dissimilarity(vectors, candidates)
+    typical = float(np.median(w)) if len(w) else 0.0
+    if typical == 0.0:
+        return w > 0.0
+    return _logit(np.minimum(w / typical, 1.0)) > 0.0
+
+
+def _dissimilarity(
+    vectors: npt.NDArray[np.floating], candidates: int | None
+) -> npt.NDArray[np.float64]:
+    """FoolsGold's w_i = clip(1 − max_j cs_ij, 0, 1) after pardoning, for the first
+    ``candidates`` rows (all rows: None); below :data:`_ROUNDING`, 0."""
     rows = np.asarray(vectors, dtype=np.float64)
     if rows.ndim != 2:
         raise ValueError(f"vectors must be an (n, d) matrix, got shape {rows.shape}")
@@ -68,11 +102,12 @@ def foolsgold_weights(
     cs = np.where(v[:, None] < v[None, :], cs * ratio, cs)
     w = np.clip(1.0 - cs.max(axis=1, initial=0.0), 0.0, 1.0)[:count]
     w[w < _ROUNDING] = 0.0
-    top = w.max(initial=0.0)
-    if top == 0.0:
-        return w
-    w = w / top
-    # Logit with its ends pinned: computed only strictly inside (0, 1).
+    return w
+
+
+def _logit(w: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """ln(w / (1 − w)) + 0.5 clipped to [0, 1], for w in [0, 1], its ends pinned
+    (computed only strictly inside (0, 1))."""
     inside = (w > 0.0) & (w < 1.0)
     logit = np.where(w >= 1.0, 1.0, 0.0)
     logit[inside] = np.log(w[inside] / (1.0 - w[inside])) + _LOGIT_OFFSET

@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import flatten, flatten_all, unflatten
 from gossiplearn.aggregation.chain import Merge, Restore
-from gossiplearn.aggregation.foolsgold import foolsgold_weights
+from gossiplearn.aggregation.foolsgold import foolsgold_weights, not_sybils
 from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import Message, ModelMessage
 from gossiplearn.protocols.rounds import LoopState, RoundLoop
@@ -114,15 +114,22 @@ def sybilwall_merge(
     weight of 1 (an old distant record, far from today's models, would otherwise take the
     top and leave every sender near 0). Returns the merged model and each sender's weight.
 
-    In a chain, ``then`` merges the own model with the models of weight > 0 in place of
-    the weighted mean, and ``restore`` corrects the variance after it (from those models).
+    In a chain, ``then`` merges the own model with the models not left out as Sybils
+    (:func:`~gossiplearn.aggregation.foolsgold.not_sybils`: the same similarities, judged
+    against a typical sender rather than the most unusual one) in place of the weighted
+    mean, and each sender's weight is 1 if its model reached ``then``, else 0; ``restore``
+    corrects the variance after the merge (from the models merged).
     """
     if not received:
         return dict(own), {}
     senders = list(received)
     distant = [p for p in histories if p not in received]
     rows = flatten_all([histories[p] for p in senders + distant], own)
-    weights = foolsgold_weights(rows, candidates=len(senders))
+    if then is not None:
+        keep = not_sybils(rows, candidates=len(senders))
+        weights = keep.astype(np.float64)
+    else:
+        weights = foolsgold_weights(rows, candidates=len(senders))
     shares = dict(zip(senders, (float(w) for w in weights), strict=True))
     kept = [received[p] for p in senders if shares[p] > 0.0]
     if then is not None:
@@ -358,7 +365,8 @@ class SybilWallCore(LoopState[Message]):
     @property
     def merge_shares(self) -> dict[PeerId, float]:
         """The share of the last merge's result that came from each sender (own share left
-        out; empty when the round merged nothing): w_p / (1 + Σ w)."""
+        out; empty when the round merged nothing): w_p / (1 + Σ w) (in a chain, w is 1 for
+        the models its rule merged, so each of those counts as much as the own model)."""
         total = 1.0 + sum(self.last_weights.values())
         return {peer: weight / total for peer, weight in self.last_weights.items()}
 
