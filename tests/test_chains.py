@@ -69,22 +69,25 @@ def test_vc_is_the_mean_then_the_variance_stage_when_median_and_mean_agree() -> 
     assert all(np.allclose(chained[k], direct[k], atol=1e-6) for k in own)
 
 
-def test_sybilwall_leaves_sybils_out_of_the_chained_rule() -> None:
+@pytest.mark.parametrize("jitter", [0.0, 1e-4])
+def test_sybils_count_as_one_sender_in_the_chained_rule(jitter: float) -> None:
+    # three identities sending one model, exactly or with a little noise of their own
     own = _model()
     honest = {f"h{i}": _model() for i in range(3)}
     sybil = _model(5.0)
-    received = honest | {f"s{i}": sybil for i in range(3)}  # three identities, one model
-    histories = dict(received)
+    copies = {f"s{i}": {k: v + jitter * RNG.normal(size=v.shape).astype(np.float32)
+                        for k, v in sybil.items()} for i in range(3)}  # fmt: skip
+    received = honest | copies
     seen: list[int] = []
 
     def rule(own: Params, kept: list[Params]) -> Params:
         seen.append(len(kept))
         return get_aggregator("median")(own, kept)
 
-    merged, weights = sybilwall_merge(own, received, histories, then=rule)
-    assert seen == [3]  # only the honest models reached the rule
-    assert all(weights[f"s{i}"] == 0.0 for i in range(3))
-    expected = get_aggregator("median")(own, list(honest.values()))
+    merged, weights = sybilwall_merge(own, received, dict(received), then=rule)
+    assert seen == [4]  # the honest models and one of the three copies
+    assert [weights[f"s{i}"] for i in range(3)] == [1.0, 0.0, 0.0]
+    expected = get_aggregator("median")(own, [*honest.values(), copies["s0"]])
     assert all(np.array_equal(merged[k], expected[k]) for k in own)
 
 
@@ -114,10 +117,10 @@ def test_distinct_attackers_do_not_push_honest_models_out_of_the_chained_rule() 
         return get_aggregator("median")(own, models)
 
     merged, weights = sybilwall_merge(own, received, dict(received), then=rule)
-    assert kept == [8]  # the honest and the noise models, not the Sybils
-    assert all(weights[p] == 1.0 for p in (*honest, *noise))
-    assert all(weights[f"s{i}"] == 0.0 for i in range(3))
-    expected = get_aggregator("median")(own, [*honest.values(), *noise.values()])
+    assert kept == [9]  # the honest and the noise models, and one of the Sybils
+    assert all(weights[p] == 1.0 for p in (*honest, *noise, "s0"))
+    assert weights["s1"] == weights["s2"] == 0.0
+    expected = get_aggregator("median")(own, [*honest.values(), *noise.values(), sybil])
     assert all(np.array_equal(merged[k], expected[k]) for k in own)
 
 
@@ -146,8 +149,8 @@ def test_variance_correction_cures_the_stall_of_robust_rules() -> None:
 
 def test_a_chained_defence_keeps_sybilwalls_resistance() -> None:
     """One label flipper with 5 Sybils against sybilwall+trimmed-mean+vc, six seeds: the
-    attack fails in each, and the honest peers learn (measured: mean accuracy 0.877,
-    0.829-0.899 a seed)."""
+    attack fails in each, and the honest peers learn (measured: attack success at most
+    4.3%, mean accuracy 0.871, 0.842-0.916 a seed)."""
     accuracy = []
     for seed in range(6):
         attack = dict(peers=10, rounds=15, topology="regular:4", model="logreg", seed=seed,

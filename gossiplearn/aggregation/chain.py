@@ -6,13 +6,13 @@
   initialisations shrinks their variance, and a robust rule averages too (trimmed mean,
   multi-krum) or picks a coordinate-wise middle value (median), so each inherits the
   stall variance correction cures.
-* ``sybilwall+RULE`` — SybilWall's Sybil filter, then a Byzantine-robust rule: SybilWall
-  scores each received model by how unlike the others its sender's history is (Sybils,
-  identical histories, score 0). Models scoring far below a typical sender are left out
-  (:func:`~gossiplearn.aggregation.foolsgold.not_sybils`), and RULE merges the own model
-  with the rest, so that Sybils and lone Byzantine peers are both handled. The scores are
-  judged against the median sender, not SybilWall's most unusual one: against the latter,
-  distinct attackers sending noise would leave every honest model out.
+* ``sybilwall+RULE`` — SybilWall's Sybil filter, then a Byzantine-robust rule: of senders
+  whose histories are near-copies of each other (Sybils: identical histories), one model
+  goes on (:func:`~gossiplearn.aggregation.foolsgold.one_per_copy`), and RULE merges the
+  own model with those, so that a group of Sybils counts as one sender and lone Byzantine
+  peers meet the rule. Near is judged against a typical sender, not SybilWall's most
+  unusual one: against the latter, distinct attackers sending noise would leave every
+  honest model out.
 * ``sybilwall+vc`` — SybilWall's weighted mean, then variance correction.
 
 ``sybilwall`` chains run in the SybilWall protocol (signed histories); the others in plain

@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from gossiplearn.aggregation._flat import flatten, flatten_all, unflatten
 from gossiplearn.aggregation.chain import Merge, Restore
-from gossiplearn.aggregation.foolsgold import foolsgold_weights, not_sybils
+from gossiplearn.aggregation.foolsgold import foolsgold_weights, one_per_copy
 from gossiplearn.protocols.events import Send
 from gossiplearn.protocols.messages import Message, ModelMessage
 from gossiplearn.protocols.rounds import LoopState, RoundLoop
@@ -114,11 +114,12 @@ def sybilwall_merge(
     weight of 1 (an old distant record, far from today's models, would otherwise take the
     top and leave every sender near 0). Returns the merged model and each sender's weight.
 
-    In a chain, ``then`` merges the own model with the models not left out as Sybils
-    (:func:`~gossiplearn.aggregation.foolsgold.not_sybils`: the same similarities, judged
-    against a typical sender rather than the most unusual one) in place of the weighted
-    mean, and each sender's weight is 1 if its model reached ``then``, else 0; ``restore``
-    corrects the variance after the merge (from the models merged).
+    In a chain, ``then`` merges the own model with one model of each group of senders
+    whose histories are near-copies (:func:`~gossiplearn.aggregation.foolsgold.one_per_copy`:
+    the same similarities, judged against a typical sender rather than the most unusual
+    one) in place of the weighted mean, and each sender's weight is 1 if its model reached
+    ``then``, else 0; ``restore`` corrects the variance after the merge (from the models
+    merged).
     """
     if not received:
         return dict(own), {}
@@ -126,7 +127,7 @@ def sybilwall_merge(
     distant = [p for p in histories if p not in received]
     rows = flatten_all([histories[p] for p in senders + distant], own)
     if then is not None:
-        keep = not_sybils(rows, candidates=len(senders))
+        keep = one_per_copy(rows, candidates=len(senders))
         weights = keep.astype(np.float64)
     else:
         weights = foolsgold_weights(rows, candidates=len(senders))
