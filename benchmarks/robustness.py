@@ -32,13 +32,15 @@ from gossiplearn.errors import GossiplearnError
 RESULTS = Path(__file__).parent / "results"
 PLAIN = ["mean", "vc", "median", "trimmed-mean", "krum", "foolsgold", "sybilwall"]
 #: Composed rules (gossiplearn.aggregation.chain): a robust rule with variance correction,
-#: and SybilWall's Sybil weights before a Byzantine-robust rule.
+#: and SybilWall's Sybil filter before a Byzantine-robust rule.
 CHAINS = [
     "median+vc",
     "trimmed-mean+vc",
+    "multi-krum+vc",
     "sybilwall+vc",
     "sybilwall+trimmed-mean+vc",
     "sybilwall+median+vc",
+    "sybilwall+multi-krum+vc",
 ]
 AGGREGATORS = PLAIN + CHAINS
 QUICK_AGGREGATORS = ["mean", "median", "sybilwall", "sybilwall+trimmed-mean+vc"]
