@@ -405,7 +405,12 @@ def _params(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], spec: ModelS
     missing = [name for name in spec if name not in tensors]
     unexpected = [name for name in tensors if name not in spec]
     if missing or unexpected:
-        parts = []
+        # the first shared tensor of another shape first: what a log line names
+        parts = [
+            f"tensor {_show(name)} is {list(tensors[name][1])} there, {list(spec[name][1])} here"
+            for name in spec
+            if name in tensors and tensors[name][1] != tuple(spec[name][1])
+        ][:1]
         if missing:
             parts.append(f"missing tensors {_listing(missing)}")
         if unexpected:
