@@ -167,6 +167,17 @@ def test_missing_tensor_is_model_mismatch() -> None:
         decode(encode(_message(params)), SPEC)
 
 
+def test_another_architecture_names_its_first_tensor_of_another_shape() -> None:
+    # fewer tensors and one reshaped: the shape is said first, as a spec check says it
+    params = _params()
+    del params["conv.bias"]
+    params["fc.weight"] = np.zeros((3, 36), dtype=np.float16)
+    with pytest.raises(ModelMismatch) as info:
+        decode(encode(_message(params)), SPEC)
+    text = str(info.value)
+    assert "tensor 'fc.weight' is [3, 36] there, [2, 36] here; missing tensors" in text
+
+
 def test_extra_tensor_is_model_mismatch() -> None:
     params = _params()
     params["head.weight"] = np.zeros(2, dtype=np.float32)
