@@ -44,6 +44,19 @@ def _cosine_similarity(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float
     return np.clip(cosine, -1.0, 1.0)
 
 
+def _rows(
+    vectors: npt.NDArray[np.floating], candidates: int | None
+) -> tuple[npt.NDArray[np.float64], int]:
+    """``vectors`` as a float64 (n, d) matrix, and how many of its rows are candidates."""
+    rows = np.asarray(vectors, dtype=np.float64)
+    if rows.ndim != 2:
+        raise ValueError(f"vectors must be an (n, d) matrix, got shape {rows.shape}")
+    count = len(rows) if candidates is None else candidates
+    if not 0 <= count <= len(rows):
+        raise ValueError(f"candidates must be in [0, {len(rows)}], got {candidates}")
+    return rows, count
+
+
 def foolsgold_weights(
     vectors: npt.NDArray[np.floating], *, candidates: int | None = None
 ) -> npt.NDArray[np.float64]:
@@ -58,12 +71,7 @@ def foolsgold_weights(
     and the rescale w / max(w) runs over the k candidates. Otherwise one stale, dissimilar
     history would set max(w) and push every candidate's weight to 0. Returns k weights.
     """
-    rows = np.asarray(vectors, dtype=np.float64)
-    if rows.ndim != 2:
-        raise ValueError(f"vectors must be an (n, d) matrix, got shape {rows.shape}")
-    count = len(rows) if candidates is None else candidates
-    if not 0 <= count <= len(rows):
-        raise ValueError(f"candidates must be in [0, {len(rows)}], got {candidates}")
+    rows, count = _rows(vectors, candidates)
     cs = _cosine_similarity(rows)
     np.fill_diagonal(cs, 0.0)  # "minus identity", exactly
     v = cs.max(axis=1, initial=0.0)  # ≥ 0 anyway: the diagonal is in each row
@@ -100,12 +108,7 @@ def one_per_copy(
     peers holding much the same data are sometimes alike too; they then count once, where
     a filter on FoolsGold's weights would leave out both.
     """
-    rows = np.asarray(vectors, dtype=np.float64)
-    if rows.ndim != 2:
-        raise ValueError(f"vectors must be an (n, d) matrix, got shape {rows.shape}")
-    count = len(rows) if candidates is None else candidates
-    if not 0 <= count <= len(rows):
-        raise ValueError(f"candidates must be in [0, {len(rows)}], got {candidates}")
+    rows, count = _rows(vectors, candidates)
     distance = 1.0 - _cosine_similarity(rows)
     np.fill_diagonal(distance, np.inf)
     nearest = distance.min(axis=1, initial=np.inf)[:count]
