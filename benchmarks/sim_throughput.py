@@ -52,6 +52,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import platform
 import resource
 import sys
 import time
@@ -220,7 +221,7 @@ def _gossipy(engine: str, rounds: int, threads: int) -> dict[str, Any]:
     setattr(run_module, "BatchedPool", batched)  # noqa: B010 (patches the import)
     config = make_config(**GOSSIPY, rounds=rounds, engine=engine, threads=threads)
     cpu = time.process_time()
-    result = simulate(config)
+    result = simulate(config, on_metrics=_progress(f"(g) {engine}"))
     summary = result.summary
     wall = summary["wall_seconds"]
     out = {
@@ -275,16 +276,28 @@ def _gossipy_report(rounds: int, threads: int, console: Console) -> dict[str, An
 ENGINES = ("batched", "sequential")
 
 
+def _progress(part: str) -> Any:
+    """A simulation's metrics callback that prints each evaluation, with the wall time and
+    peak RSS so far (these runs take up to half an hour)."""
+    start = time.perf_counter()
+
+    def progress(line: dict[str, Any]) -> None:
+        print(
+            f"  {part} round {line['round']}: mean accuracy {line['mean_accuracy']:.3f}, "
+            f"{time.perf_counter() - start:,.0f} s, peak RSS {_peak_rss_mb():,.0f} MB",
+            flush=True,
+        )
+
+    return progress
+
+
 def _large(rounds: int, threads: int) -> dict[str, Any]:
     """(x) 10,000 peers, gossip with the batched engine."""
     from gossiplearn import make_config, simulate
 
-    def progress(line: dict[str, Any]) -> None:
-        print(f"  (x) round {line['round']}: mean accuracy {line['mean_accuracy']:.3f}", flush=True)
-
     config = make_config(**LARGE, rounds=rounds, threads=threads)
     cpu = time.process_time()
-    result = simulate(config, on_metrics=progress)
+    result = simulate(config, on_metrics=_progress("(x)"))
     summary = result.summary
     return {
         "config": LARGE | {"rounds": rounds},
@@ -363,7 +376,7 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
     setattr(run_module, "BatchedPool", batched)  # noqa: B010 (patches the import)
     config = make_config(**E2E, peers=peers, rounds=rounds, eval_every=eval_every, threads=threads)
     cpu = time.process_time()
-    result = simulate(config)
+    result = simulate(config, on_metrics=_progress("(e)"))
     summary = result.summary
     wall = summary["wall_seconds"]
     seconds = {part: round(value, 2) for part, value in sorted(parts.seconds.items())}
@@ -379,6 +392,7 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
         "train_samples_per_s": summary["train_samples"] * rounds / wall,
         "jobs_per_flush": pools[0].jobs_run / max(1, pools[0].flushes),
         "mean_accuracy": summary["mean_accuracy"],
+        "accuracy_by_round": {line["round"]: line["mean_accuracy"] for line in result.metrics},
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -570,11 +584,29 @@ def _write(
     console: Console,
 ) -> int:
     report["load_average_before_after"] = [load_before, os.getloadavg()]
+    report["machine"] = _machine()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (f"{name}_quick.json" if quick else f"{name}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"[dim]wrote {out}[/]")
     return 0
+
+
+def _machine() -> dict[str, Any]:
+    """The CPU and libraries a run measured: these timings differ several-fold between CPUs
+    (the CNN pool trained about twice as fast on an AVX-512 Xeon as on an AVX2 EPYC)."""
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ] if Path("/proc/cpuinfo").exists() else []  # fmt: skip
+    return {
+        "cpu": models[0] if models else platform.processor(),
+        "cpus": os.cpu_count(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
 
 
 if __name__ == "__main__":
