@@ -593,7 +593,7 @@ def _write(
 
 
 def _machine() -> dict[str, Any]:
-    """The CPU and libraries a run measured: these timings differ several-fold between CPUs
+    """The CPU and libraries a run measured: these timings differ about twofold between CPUs
     (the CNN pool trained about twice as fast on an AVX-512 Xeon as on an AVX2 EPYC)."""
     models = [
         line.split(":", 1)[1].strip()
