@@ -593,8 +593,8 @@ def _write(
 
 
 def _machine() -> dict[str, Any]:
-    """The CPU and libraries a run measured: these timings differ about twofold between CPUs
-    (the CNN pool trained about twice as fast on an AVX-512 Xeon as on an AVX2 EPYC)."""
+    """The CPU and libraries a run measured: timings depend on them (the CNN pool trains
+    about twice as fast on an AVX-512 Xeon as on an AVX2 EPYC)."""
     models = [
         line.split(":", 1)[1].strip()
         for line in Path("/proc/cpuinfo").read_text().splitlines()
