@@ -291,6 +291,10 @@ def _progress(part: str) -> Any:
     return progress
 
 
+def _accuracy_by_round(metrics: list[dict[str, Any]]) -> dict[int, float]:
+    return {line["round"]: line["mean_accuracy"] for line in metrics}
+
+
 def _large(rounds: int, threads: int) -> dict[str, Any]:
     """(x) 10,000 peers, gossip with the batched engine."""
     from gossiplearn import make_config, simulate
@@ -307,7 +311,7 @@ def _large(rounds: int, threads: int) -> dict[str, Any]:
         "cpu_s": round(time.process_time() - cpu, 1),
         "peak_rss_mb": _peak_rss_mb(),
         "mean_accuracy": summary["mean_accuracy"],
-        "accuracy_by_round": {line["round"]: line["mean_accuracy"] for line in result.metrics},
+        "accuracy_by_round": _accuracy_by_round(result.metrics),
         "messages_sent": summary["messages_sent"],
         "bytes_sent": summary["bytes_sent"],
     }
@@ -392,7 +396,7 @@ def _end_to_end(peers: int, rounds: int, eval_every: int, threads: int) -> dict[
         "train_samples_per_s": summary["train_samples"] * rounds / wall,
         "jobs_per_flush": pools[0].jobs_run / max(1, pools[0].flushes),
         "mean_accuracy": summary["mean_accuracy"],
-        "accuracy_by_round": {line["round"]: line["mean_accuracy"] for line in result.metrics},
+        "accuracy_by_round": _accuracy_by_round(result.metrics),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -595,13 +599,11 @@ def _write(
 def _machine() -> dict[str, Any]:
     """The CPU and libraries a run measured: timings depend on them (the CNN pool trains
     about twice as fast on an AVX-512 Xeon as on an AVX2 EPYC)."""
-    models = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ] if Path("/proc/cpuinfo").exists() else []  # fmt: skip
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     return {
-        "cpu": models[0] if models else platform.processor(),
+        "cpu": next(names, platform.processor()),
         "cpus": os.cpu_count(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
